@@ -1,0 +1,246 @@
+package api
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/holdfast/holdfast/allocator"
+)
+
+// decodeStrict decodes one JSON object into v: unknown fields, trailing
+// data, type mismatches and anything but an object (null included) are
+// errors. An empty body decodes as {}.
+func decodeStrict(body []byte, v any) *apiError {
+	trimmed := bytes.Trim(body, " \t\r\n") // JSON whitespace
+	if len(trimmed) == 0 {
+		body = []byte("{}")
+	} else if trimmed[0] != '{' {
+		return badRequest("malformed JSON: the body must be a JSON object")
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return badRequest("malformed JSON: " + jsonErrText(err))
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return badRequest("malformed JSON: trailing data after the object")
+	}
+	return nil
+}
+
+func jsonErrText(err error) string {
+	var te *json.UnmarshalTypeError
+	if errors.As(err, &te) {
+		return fmt.Sprintf("field %q: expected %s", te.Field, te.Type)
+	}
+	return err.Error()
+}
+
+const timeLayout = "2006-01-02T15:04:05.000Z"
+
+// formatTime renders log milliseconds as the contract's RFC 3339 UTC string.
+func formatTime(ms int64) string { return time.UnixMilli(ms).UTC().Format(timeLayout) }
+
+// parseTime accepts any RFC 3339 time and returns it in milliseconds.
+func parseTime(s string) (int64, error) {
+	t, err := time.Parse(time.RFC3339Nano, s)
+	if err != nil {
+		return 0, err
+	}
+	return t.UnixMilli(), nil
+}
+
+// ---- requests ----
+
+type drawJSON struct {
+	OpensAt  string `json:"opens_at"`
+	ClosesAt string `json:"closes_at"`
+	Seed     string `json:"seed"`
+}
+
+type waitlistReq struct {
+	Enabled    *bool  `json:"enabled"`
+	OfferTTLMs *int64 `json:"offer_ttl_ms"`
+	WaitTTLMs  *int64 `json:"wait_ttl_ms"`
+}
+
+type putPoolReq struct {
+	OnHand        *int64       `json:"on_hand"`
+	PerBuyerLimit *int64       `json:"per_buyer_limit"`
+	HoldTTLMs     *int64       `json:"hold_ttl_ms"`
+	MaxHoldTTLMs  *int64       `json:"max_hold_ttl_ms"`
+	MaxExtensions *int64       `json:"max_extensions"`
+	Mode          *string      `json:"mode"`
+	Draw          *drawJSON    `json:"draw"`
+	Waitlist      *waitlistReq `json:"waitlist"`
+}
+
+// config turns a PUT body into a full config: omitted fields take defaults.
+func (r *putPoolReq) config() (allocator.PoolConfig, *apiError) {
+	if r.OnHand == nil {
+		return allocator.PoolConfig{}, badRequest("on_hand is required")
+	}
+	c := allocator.DefaultPoolConfig(*r.OnHand)
+	if r.PerBuyerLimit != nil {
+		c.PerBuyerLimit = *r.PerBuyerLimit
+	}
+	if r.HoldTTLMs != nil {
+		c.HoldTTLMs = *r.HoldTTLMs
+	}
+	if r.MaxHoldTTLMs != nil {
+		c.MaxHoldTTLMs = *r.MaxHoldTTLMs
+	} else {
+		c.MaxHoldTTLMs = max(c.MaxHoldTTLMs, c.HoldTTLMs)
+	}
+	if r.MaxExtensions != nil {
+		c.MaxExtensions = *r.MaxExtensions
+	}
+	if r.Mode != nil {
+		switch *r.Mode {
+		case "fcfs":
+			c.Mode = allocator.ModeFCFS
+		case "draw":
+			c.Mode = allocator.ModeDraw
+		default:
+			return c, badRequest(`mode must be "fcfs" or "draw"`)
+		}
+	}
+	if r.Draw != nil {
+		var err error
+		if c.Draw.OpensAtMs, err = parseTime(r.Draw.OpensAt); err != nil {
+			return c, badRequest("draw.opens_at must be an RFC 3339 time")
+		}
+		if c.Draw.ClosesAtMs, err = parseTime(r.Draw.ClosesAt); err != nil {
+			return c, badRequest("draw.closes_at must be an RFC 3339 time")
+		}
+		if len(r.Draw.Seed) > allocator.MaxIDLen {
+			return c, badRequest("draw.seed must be at most 128 bytes")
+		}
+		c.Draw.Seed = r.Draw.Seed
+	}
+	if w := r.Waitlist; w != nil {
+		if w.Enabled != nil {
+			c.Waitlist.Enabled = *w.Enabled
+		}
+		if w.OfferTTLMs != nil {
+			c.Waitlist.OfferTTLMs = *w.OfferTTLMs
+		}
+		if w.WaitTTLMs != nil {
+			c.Waitlist.WaitTTLMs = *w.WaitTTLMs
+		}
+	}
+	if err := c.Validate(); err != nil {
+		return c, fromDomain(err, nil)
+	}
+	return c, nil
+}
+
+type adjustReq struct {
+	Delta *int64 `json:"delta"`
+}
+
+type lineReq struct {
+	Pool string `json:"pool"`
+	Qty  int64  `json:"qty"`
+}
+
+type reserveReq struct {
+	Buyer string    `json:"buyer"`
+	Lines []lineReq `json:"lines"`
+	TTLMs *int64    `json:"ttl_ms"`
+	Mode  *string   `json:"mode"`
+	Wait  bool      `json:"wait"`
+}
+
+type extendReq struct {
+	TTLMs *int64 `json:"ttl_ms"`
+}
+
+type emptyReq struct{}
+
+// ---- responses ----
+
+type waitlistJSON struct {
+	Enabled    bool  `json:"enabled"`
+	Length     int64 `json:"length"`
+	OfferTTLMs int64 `json:"offer_ttl_ms"`
+	WaitTTLMs  int64 `json:"wait_ttl_ms"`
+}
+
+type poolJSON struct {
+	ID            string       `json:"id"`
+	OnHand        int64        `json:"on_hand"`
+	Held          int64        `json:"held"`
+	Sold          int64        `json:"sold"`
+	Available     int64        `json:"available"`
+	PerBuyerLimit int64        `json:"per_buyer_limit"`
+	HoldTTLMs     int64        `json:"hold_ttl_ms"`
+	MaxHoldTTLMs  int64        `json:"max_hold_ttl_ms"`
+	MaxExtensions int64        `json:"max_extensions"`
+	Mode          string       `json:"mode"`
+	Draw          *drawJSON    `json:"draw,omitempty"`
+	Waitlist      waitlistJSON `json:"waitlist"`
+	Claim         string       `json:"claim"`
+	CreatedAt     string       `json:"created_at"`
+	UpdatedAt     string       `json:"updated_at"`
+	AsOf          string       `json:"as_of"`
+	Consistency   string       `json:"consistency"`
+}
+
+func poolOut(p *allocator.PoolView, asOfMs int64, consistency string) *poolJSON {
+	c := &p.Config
+	out := &poolJSON{
+		ID: p.ID, OnHand: c.OnHand, Held: p.Held, Sold: p.Sold, Available: p.Available,
+		PerBuyerLimit: c.PerBuyerLimit, HoldTTLMs: c.HoldTTLMs, MaxHoldTTLMs: c.MaxHoldTTLMs,
+		MaxExtensions: c.MaxExtensions, Mode: c.Mode.String(),
+		Waitlist: waitlistJSON{Enabled: c.Waitlist.Enabled, OfferTTLMs: c.Waitlist.OfferTTLMs, WaitTTLMs: c.Waitlist.WaitTTLMs},
+		Claim:    p.Claim.String(), CreatedAt: formatTime(p.CreatedAtMs), UpdatedAt: formatTime(p.UpdatedAtMs),
+		AsOf: formatTime(asOfMs), Consistency: consistency,
+	}
+	if c.Mode == allocator.ModeDraw {
+		out.Draw = &drawJSON{OpensAt: formatTime(c.Draw.OpensAtMs), ClosesAt: formatTime(c.Draw.ClosesAtMs), Seed: c.Draw.Seed}
+	}
+	return out
+}
+
+type lineJSON struct {
+	Pool  string `json:"pool"`
+	Qty   int64  `json:"qty"`
+	State string `json:"state"`
+}
+
+type reservationJSON struct {
+	ID         string     `json:"id"`
+	Buyer      string     `json:"buyer"`
+	State      string     `json:"state"`
+	Lines      []lineJSON `json:"lines"`
+	CreatedAt  string     `json:"created_at"`
+	ExpiresAt  string     `json:"expires_at"`
+	Extensions int64      `json:"extensions"`
+	Position   *int64     `json:"position"`
+}
+
+func linesOut(ls []allocator.LineView) []lineJSON {
+	out := make([]lineJSON, len(ls))
+	for i, l := range ls {
+		out[i] = lineJSON{Pool: l.Pool, Qty: l.Qty, State: l.State.String()}
+	}
+	return out
+}
+
+func reservationOut(v *allocator.ReservationView) *reservationJSON {
+	out := &reservationJSON{
+		ID: allocator.FormatReservationID(v.ID), Buyer: v.Buyer, State: v.State.String(),
+		Lines: linesOut(v.Lines), CreatedAt: formatTime(v.CreatedAtMs), ExpiresAt: formatTime(v.ExpiresAtMs),
+		Extensions: v.Extensions,
+	}
+	if v.Position > 0 {
+		p := v.Position
+		out.Position = &p
+	}
+	return out
+}

@@ -1,0 +1,188 @@
+// Command holdfast runs a holdfast node (serve), the load harness (bench)
+// and prints its version (version). See CONTRACT.md for the command line.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/holdfast/holdfast/allocator"
+	"github.com/holdfast/holdfast/api"
+	"github.com/holdfast/holdfast/engine"
+	"github.com/holdfast/holdfast/raftstore"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "0.1.0-dev"
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		usage(stderr)
+		return 2
+	}
+	switch args[0] {
+	case "serve":
+		return serve(args[1:], stderr)
+	case "version", "--version", "-v":
+		fmt.Fprintln(stdout, "holdfast", version)
+		return 0
+	case "bench":
+		fmt.Fprintln(stderr, "holdfast bench: the load harness is not part of this build yet")
+		return 2
+	case "help", "-h", "--help":
+		usage(stdout)
+		return 0
+	}
+	fmt.Fprintf(stderr, "holdfast: unknown command %q\n", args[0])
+	usage(stderr)
+	return 2
+}
+
+func usage(w io.Writer) {
+	fmt.Fprint(w, `usage:
+  holdfast serve [--id n1] [--data ./data] [--http 127.0.0.1:8080] [--raft 127.0.0.1:9080] [--peers n1=host:port,...]
+  holdfast bench SCENARIO [flags]
+  holdfast version
+`)
+}
+
+// parsePeers parses "n1=host:port,n2=host:port".
+func parsePeers(s string) ([]raftstore.Peer, error) {
+	if s == "" {
+		return nil, nil
+	}
+	var peers []raftstore.Peer
+	seen := map[string]bool{}
+	for _, part := range strings.Split(s, ",") {
+		id, addr, ok := strings.Cut(strings.TrimSpace(part), "=")
+		if !ok || id == "" || addr == "" {
+			return nil, fmt.Errorf("bad peer %q: want id=host:port", part)
+		}
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			return nil, fmt.Errorf("bad peer address %q: %w", addr, err)
+		}
+		if seen[id] {
+			return nil, fmt.Errorf("peer %q listed twice", id)
+		}
+		seen[id] = true
+		peers = append(peers, raftstore.Peer{ID: id, Addr: addr})
+	}
+	return peers, nil
+}
+
+func serve(args []string, stderr io.Writer) int {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	id := fs.String("id", "n1", "node id")
+	dataDir := fs.String("data", "./data", "data directory (Pebble store and snapshots)")
+	httpAddr := fs.String("http", "127.0.0.1:8080", "API listen address")
+	raftAddr := fs.String("raft", "127.0.0.1:9080", "Raft listen address")
+	peersFlag := fs.String("peers", "", "initial members id=host:port,... (same on every node)")
+	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	clockOffset := fs.Duration("debug-clock-offset", 0, "shift this node's clock (fault tests only)")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
+		fmt.Fprintln(stderr, "holdfast: bad --log-level:", err)
+		return 2
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	peers, err := parsePeers(*peersFlag)
+	if err != nil {
+		fmt.Fprintln(stderr, "holdfast: --peers:", err)
+		return 2
+	}
+	if len(peers) > 0 {
+		found := false
+		for _, p := range peers {
+			found = found || p.ID == *id
+		}
+		if !found {
+			fmt.Fprintf(stderr, "holdfast: --peers does not list this node (%s)\n", *id)
+			return 2
+		}
+	}
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	machine := engine.New(allocator.Config{})
+	node, err := raftstore.Open(raftstore.Config{
+		ID: *id, DataDir: *dataDir, RaftAddr: *raftAddr, APIAddr: *httpAddr, Peers: peers,
+		ClockOffset: *clockOffset, Registerer: reg, Logger: log,
+	}, machine)
+	if err != nil {
+		log.Error("cannot start node", "err", err)
+		return 1
+	}
+	defer node.Close()
+
+	ln, err := net.Listen("tcp", *httpAddr)
+	if err != nil {
+		log.Error("cannot listen", "addr", *httpAddr, "err", err)
+		return 1
+	}
+	srv := api.New(api.Config{Node: node, Alloc: machine.Alloc, Registry: reg, Logger: log})
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(ln) }()
+
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+
+	// Ready once a leader is known whose API address is known too: only
+	// then can this node answer writes (itself or by forwarding).
+	ready := time.NewTicker(20 * time.Millisecond)
+	for waiting := true; waiting; {
+		select {
+		case <-ready.C:
+			if _, _, ok := node.Leader(); ok {
+				waiting = false
+			}
+		case s := <-sig:
+			log.Info("signal before ready", "signal", s.String())
+			return 0
+		case err := <-serveErr:
+			log.Error("http server failed", "err", err)
+			return 1
+		}
+	}
+	ready.Stop()
+	log.Info("holdfast ready", "id", *id, "http", *httpAddr, "raft", *raftAddr, "version", version)
+
+	select {
+	case s := <-sig:
+		log.Info("shutting down", "signal", s.String())
+	case err := <-serveErr:
+		if err != nil && !errors.Is(err, net.ErrClosed) {
+			log.Error("http server failed", "err", err)
+			return 1
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(ctx); err != nil {
+		log.Warn("http shutdown", "err", err)
+	}
+	if err := node.Close(); err != nil {
+		log.Warn("raft shutdown", "err", err)
+	}
+	return 0
+}
