@@ -102,6 +102,9 @@ func (c *Command) AppendEncode(dst []byte) []byte {
 		dst = appendString(dst, cfg.Draw.Seed)
 		dst = binary.AppendVarint(dst, cfg.Waitlist.OfferTTLMs)
 		dst = binary.AppendVarint(dst, cfg.Waitlist.WaitTTLMs)
+		for _, v := range [...]int64{cfg.Demand.WarmRPS, cfg.Demand.HotRPS, cfg.Demand.LowStockUnits, cfg.Demand.LowStockPercent, cfg.Demand.HorizonMs} {
+			dst = binary.AppendVarint(dst, v)
+		}
 	case KindAdjustPool:
 		dst = appendString(dst, c.Pool)
 		dst = binary.AppendVarint(dst, c.Delta)
@@ -158,6 +161,9 @@ func DecodeCommand(b []byte) (Command, error) {
 		cfg.Waitlist.Enabled = flags&flagWaitOn != 0
 		cfg.Waitlist.OfferTTLMs = d.varint()
 		cfg.Waitlist.WaitTTLMs = d.varint()
+		for _, v := range [...]*int64{&cfg.Demand.WarmRPS, &cfg.Demand.HotRPS, &cfg.Demand.LowStockUnits, &cfg.Demand.LowStockPercent, &cfg.Demand.HorizonMs} {
+			*v = d.varint()
+		}
 	case KindAdjustPool:
 		c.Pool = d.string(MaxIDLen)
 		c.Delta = d.varint()

@@ -67,6 +67,17 @@ func (w *world) randomCommand() Command {
 		cfg.HoldTTLMs = int64(1 + r.IntN(3000))
 		cfg.MaxHoldTTLMs = cfg.HoldTTLMs + int64(r.IntN(5000))
 		cfg.MaxExtensions = int64(r.IntN(3))
+		if r.IntN(2) == 0 {
+			cfg.Waitlist = WaitlistConfig{Enabled: true, OfferTTLMs: int64(1 + r.IntN(2000)), WaitTTLMs: int64(1 + r.IntN(6000))}
+		}
+		if r.IntN(4) == 0 {
+			// A draw opening soon for a short window.
+			open := w.nowMs + int64(r.IntN(1500)) - 500
+			cfg.Mode = ModeDraw
+			cfg.Draw = DrawConfig{OpensAtMs: open, ClosesAtMs: open + 1 + int64(r.IntN(3000)), Seed: fmt.Sprint(r.IntN(3))}
+		}
+		cfg.Demand.WarmRPS = int64(1 + r.IntN(2))
+		cfg.Demand.HotRPS = cfg.Demand.WarmRPS + int64(r.IntN(3)) // pools turn hot and cool: tables move
 		return Command{Kind: KindPutPool, Pool: w.pools[r.IntN(len(w.pools))], Config: cfg}
 	case k < 10:
 		return Command{Kind: KindAdjustPool, Pool: w.pools[r.IntN(len(w.pools))], Delta: int64(r.IntN(21) - 10)}
@@ -77,6 +88,9 @@ func (w *world) randomCommand() Command {
 		}
 		if r.IntN(2) == 0 {
 			c.TTLMs = int64(1 + r.IntN(4000))
+		}
+		if len(c.Lines) == 1 && r.IntN(3) == 0 {
+			c.Wait = true
 		}
 		return c
 	case k < 72:
@@ -223,17 +237,22 @@ func (w *world) checkInvariants() {
 				usage[usageKey{r.buyer, l.pool.ID}] += l.qty
 			case LineReturned:
 				nReturned++
+			case LineWaiting:
+				if r.state != StateWaiting {
+					w.t.Fatalf("%s reservation %d has a waiting line", r.state, r.id)
+				}
+				usage[usageKey{r.buyer, l.pool.ID}] += l.qty
 			}
 		}
 		if nSold > 0 && nReturned > 0 {
 			w.t.Fatalf("reservation %d is both sold and returned", r.id)
 		}
-		due, ok := m.wheel.Due(r.id<<1 | wheelReservation)
+		due, ok := m.deadline(r)
 		switch {
 		case !ok:
 			w.t.Fatalf("reservation %d has no deadline", r.id)
-		case r.state == StateActive && due != r.expiresAtMs:
-			w.t.Fatalf("active reservation %d: wheel %d, expires %d", r.id, due, r.expiresAtMs)
+		case (r.state == StateActive || r.state == StateWaiting) && due != r.expiresAtMs:
+			w.t.Fatalf("%s reservation %d: wheel %d, expires %d", r.state, r.id, due, r.expiresAtMs)
 		case r.state.Terminal() && due != r.finishedAtMs+m.cfg.RetainFinishedMs:
 			w.t.Fatalf("finished reservation %d: wheel %d", r.id, due)
 		}
@@ -276,8 +295,55 @@ func (w *world) checkInvariants() {
 	if active != m.stats.ActiveHolds {
 		w.t.Fatalf("active holds %d, counted %d", m.stats.ActiveHolds, active)
 	}
-	if m.wheel.Len() != m.res.len()+len(m.idem) {
-		w.t.Fatalf("wheel has %d leases for %d reservations and %d keys", m.wheel.Len(), m.res.len(), len(m.idem))
+	draws, waiting := 0, 0
+	for _, p := range m.pools {
+		if p.draw != nil {
+			draws++
+			for i, r := range p.draw.entrants {
+				if r == nil {
+					continue
+				}
+				waiting++
+				if r.where != waitInDraw || r.ticket != uint64(i) || p.draw.byBuyer[r.buyer] != r || r.state != StateWaiting {
+					w.t.Fatalf("draw entry %d of %s inconsistent", r.id, p.ID)
+				}
+			}
+		}
+		// The queue: exact positions 1..n in order, and the head does not
+		// fit (else it would have been served).
+		pos := int64(0)
+		var qty int64
+		p.waitq.each(func(r *reservation) {
+			pos++
+			waiting++
+			qty += r.lines[0].qty
+			if got := p.waitq.position(r); got != pos || r.where != waitInQueue || r.state != StateWaiting {
+				w.t.Fatalf("pool %s: reservation %d at position %d reports %d", p.ID, r.id, pos, got)
+			}
+		})
+		if pos != int64(p.waitq.len()) || qty != p.waitq.qty {
+			w.t.Fatalf("pool %s: queue counts %d/%d, walked %d/%d", p.ID, p.waitq.len(), p.waitq.qty, pos, qty)
+		}
+		if h := p.waitq.peek(); h != nil && h.lines[0].qty <= p.Available() {
+			for _, c := range w.log[len(w.log)-1].cmds {
+				w.t.Logf("last entry: %+v", c)
+			}
+			w.t.Fatalf("pool %s: head %d wants %d with %d available, unserved", p.ID, h.id, h.lines[0].qty, p.Available())
+		}
+	}
+	m.res.each(func(r *reservation) {
+		if r.state == StateWaiting {
+			waiting--
+		}
+	})
+	if waiting != 0 {
+		w.t.Fatalf("%d waiting reservations are in no queue or draw (or twice)", -waiting)
+	}
+	if m.stats.QueueJumps != 0 {
+		w.t.Fatalf("queue jumps: %d", m.stats.QueueJumps)
+	}
+	if m.leases() != m.res.len()+len(m.idem)+draws {
+		w.t.Fatalf("tables hold %d leases for %d reservations, %d keys and %d draws", m.leases(), m.res.len(), len(m.idem), draws)
 	}
 }
 

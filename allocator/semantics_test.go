@@ -279,8 +279,13 @@ func TestPoolConfigValidate(t *testing.T) {
 		{"max_extensions 1000", func(c *PoolConfig) { c.MaxExtensions = MaxExtensions }, true},
 		{"max_extensions 1001", func(c *PoolConfig) { c.MaxExtensions = MaxExtensions + 1 }, false},
 		{"mode unknown", func(c *PoolConfig) { c.Mode = 2 }, false},
-		{"mode draw (unsupported)", func(c *PoolConfig) { c.Mode = ModeDraw }, false},
-		{"waitlist enabled (unsupported)", func(c *PoolConfig) { c.Waitlist.Enabled = true }, false},
+		{"mode draw without a window", func(c *PoolConfig) { c.Mode = ModeDraw }, false},
+		{"mode draw closing before it opens", func(c *PoolConfig) { c.Mode = ModeDraw; c.Draw = DrawConfig{OpensAtMs: 10, ClosesAtMs: 10} }, false},
+		{"mode draw", func(c *PoolConfig) { c.Mode = ModeDraw; c.Draw = DrawConfig{OpensAtMs: 10, ClosesAtMs: 11} }, true},
+		{"waitlist enabled", func(c *PoolConfig) { c.Waitlist.Enabled = true }, true},
+		{"demand warm_rps 0", func(c *PoolConfig) { c.Demand.WarmRPS = 0 }, false},
+		{"demand hot below warm", func(c *PoolConfig) { c.Demand.HotRPS = c.Demand.WarmRPS - 1 }, false},
+		{"demand low_stock_percent 101", func(c *PoolConfig) { c.Demand.LowStockPercent = 101 }, false},
 		{"offer_ttl 0", func(c *PoolConfig) { c.Waitlist.OfferTTLMs = 0 }, false},
 		{"offer_ttl max+1", func(c *PoolConfig) { c.Waitlist.OfferTTLMs = MaxTTLMs + 1 }, false},
 		{"wait_ttl 0", func(c *PoolConfig) { c.Waitlist.WaitTTLMs = 0 }, false},
@@ -623,7 +628,7 @@ func TestReserve(t *testing.T) {
 			wantHeld: map[string]int64{"a": MaxLines},
 		},
 		{
-			name:  "wait is not supported",
+			name:  "wait on a pool without a waitlist",
 			pools: pools{"a": DefaultPoolConfig(10)},
 			req:   Command{Kind: KindReserve, Buyer: "u", Lines: []LineRequest{ln("a", 1)}, Wait: true}, wantCode: InvalidArgument,
 			wantHeld: map[string]int64{"a": 0},
@@ -643,7 +648,7 @@ func TestReserve(t *testing.T) {
 				r.ok(c)
 			}
 			r.tick(500)
-			before := r.m.StateHash()
+			before := stateHashNoDemand(r.m)
 			res := r.do(tc.req)
 			wantCode(t, res, tc.wantCode)
 			if tc.wantCode == OK {
@@ -675,7 +680,7 @@ func TestReserve(t *testing.T) {
 				if res.Reservation != nil {
 					t.Fatalf("refusal returned a reservation")
 				}
-				if r.m.StateHash() != before {
+				if stateHashNoDemand(r.m) != before {
 					t.Fatalf("refused Reserve changed the state")
 				}
 				if tc.wantLines != nil {
@@ -1296,4 +1301,19 @@ func TestValidID(t *testing.T) {
 			t.Errorf("ValidID(%q) = %v, want %v", c, got, want)
 		}
 	}
+}
+
+// stateHashNoDemand hashes the state without the pools' demand windows: a
+// refused request is still demand, and is counted.
+func stateHashNoDemand(m *Machine) [32]byte {
+	saved := map[*Pool]demand{}
+	for _, p := range m.pools {
+		saved[p] = p.demand
+		p.demand = demand{}
+	}
+	h := m.StateHash()
+	for p, d := range saved {
+		p.demand = d
+	}
+	return h
 }

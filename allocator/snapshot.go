@@ -6,17 +6,15 @@ import (
 	"fmt"
 	"io"
 	"slices"
-
-	"github.com/holdfast/holdfast/lease"
 )
 
 // snapshotVersion is the first byte of every snapshot.
-const snapshotVersion = 1
+const snapshotVersion = 2
 
 // Snapshot returns the canonical encoding of the whole state: the same state
 // gives the same bytes on every replica (every collection is written in
-// sorted order), so its hash compares replicas. The timing wheel is not
-// written: it is rebuilt from the deadlines on restore.
+// sorted order), so its hash compares replicas. The lease tables are not
+// written: they are rebuilt from the deadlines on restore.
 func (m *Machine) Snapshot() []byte {
 	m.mu.RLock()
 	defer m.mu.RUnlock()
@@ -29,26 +27,35 @@ func (m *Machine) StateHash() [32]byte { return sha256.Sum256(m.Snapshot()) }
 func (m *Machine) appendSnapshot(b []byte) []byte {
 	b = append(b, snapshotVersion)
 	b = binary.AppendVarint(b, m.clockMs)
-	b = binary.AppendUvarint(b, m.nextID)
-	b = binary.AppendUvarint(b, m.idemSeq)
+	for _, v := range [...]uint64{m.nextID, m.idemSeq, m.nextPoolSeq, uint64(m.nextTable)} {
+		b = binary.AppendUvarint(b, v)
+	}
 
 	b = binary.AppendUvarint(b, uint64(len(m.poolIDs)))
 	for _, id := range m.poolIDs {
 		p := m.pools[id]
 		b = appendString(b, p.ID)
+		b = binary.AppendUvarint(b, p.seq)
+		b = binary.AppendUvarint(b, uint64(p.table))
 		b = appendConfig(b, &p.Config)
-		b = binary.AppendVarint(b, p.Held)
-		b = binary.AppendVarint(b, p.Sold)
-		b = binary.AppendVarint(b, p.CreatedAtMs)
-		b = binary.AppendVarint(b, p.UpdatedAtMs)
+		for _, v := range [...]int64{p.Held, p.Sold, p.CreatedAtMs, p.UpdatedAtMs} {
+			b = binary.AppendVarint(b, v)
+		}
+		for i := range p.demand.sec {
+			b = binary.AppendVarint(b, p.demand.sec[i])
+			b = binary.AppendVarint(b, p.demand.req[i])
+			b = binary.AppendVarint(b, p.demand.den[i])
+		}
+		b = append(b, byte(p.demand.heat))
 	}
 
 	b = binary.AppendUvarint(b, uint64(m.res.len()))
 	m.res.each(func(r *reservation) {
 		b = binary.AppendUvarint(b, r.id)
 		b = appendString(b, r.buyer)
-		b = append(b, byte(r.state))
-		for _, v := range [...]int64{r.createdAtMs, r.expiresAtMs, r.capMs, r.extensions, r.maxExtensions, r.position, r.finishedAtMs} {
+		b = append(b, byte(r.state), r.where, boolByte(r.offered))
+		b = binary.AppendUvarint(b, uint64(r.table))
+		for _, v := range [...]int64{r.createdAtMs, r.expiresAtMs, r.capMs, r.extensions, r.maxExtensions, r.finishedAtMs} {
 			b = binary.AppendVarint(b, v)
 		}
 		b = binary.AppendUvarint(b, uint64(len(r.lines)))
@@ -59,7 +66,8 @@ func (m *Machine) appendSnapshot(b []byte) []byte {
 		}
 	})
 
-	// Per-buyer usage, pool by pool (pools in id order, buyers sorted).
+	// Per pool: per-buyer usage (buyers sorted), open draw entries in entry
+	// order, and the waitlist in queue order.
 	for _, id := range m.poolIDs {
 		p := m.pools[id]
 		buyers := make([]string, 0, len(p.usage))
@@ -72,6 +80,17 @@ func (m *Machine) appendSnapshot(b []byte) []byte {
 			b = appendString(b, buyer)
 			b = binary.AppendVarint(b, p.usage[buyer])
 		}
+		b = append(b, boolByte(p.draw != nil))
+		if p.draw != nil {
+			b = binary.AppendUvarint(b, uint64(len(p.draw.byBuyer)))
+			for _, r := range p.draw.entrants {
+				if r != nil {
+					b = binary.AppendUvarint(b, r.id)
+				}
+			}
+		}
+		b = binary.AppendUvarint(b, uint64(p.waitq.len()))
+		p.waitq.each(func(r *reservation) { b = binary.AppendUvarint(b, r.id) })
 	}
 
 	seqs := make([]uint64, 0, len(m.idemBySeq))
@@ -93,7 +112,8 @@ func (m *Machine) appendSnapshot(b []byte) []byte {
 }
 
 func appendConfig(b []byte, c *PoolConfig) []byte {
-	for _, v := range [...]int64{c.OnHand, c.PerBuyerLimit, c.HoldTTLMs, c.MaxHoldTTLMs, c.MaxExtensions, c.Draw.OpensAtMs, c.Draw.ClosesAtMs, c.Waitlist.OfferTTLMs, c.Waitlist.WaitTTLMs} {
+	for _, v := range [...]int64{c.OnHand, c.PerBuyerLimit, c.HoldTTLMs, c.MaxHoldTTLMs, c.MaxExtensions, c.Draw.OpensAtMs, c.Draw.ClosesAtMs, c.Waitlist.OfferTTLMs, c.Waitlist.WaitTTLMs,
+		c.Demand.WarmRPS, c.Demand.HotRPS, c.Demand.LowStockUnits, c.Demand.LowStockPercent, c.Demand.HorizonMs} {
 		b = binary.AppendVarint(b, v)
 	}
 	b = append(b, byte(c.Mode), boolByte(c.Waitlist.Enabled))
@@ -101,7 +121,8 @@ func appendConfig(b []byte, c *PoolConfig) []byte {
 }
 
 func readConfig(d *decoder, c *PoolConfig) {
-	for _, v := range [...]*int64{&c.OnHand, &c.PerBuyerLimit, &c.HoldTTLMs, &c.MaxHoldTTLMs, &c.MaxExtensions, &c.Draw.OpensAtMs, &c.Draw.ClosesAtMs, &c.Waitlist.OfferTTLMs, &c.Waitlist.WaitTTLMs} {
+	for _, v := range [...]*int64{&c.OnHand, &c.PerBuyerLimit, &c.HoldTTLMs, &c.MaxHoldTTLMs, &c.MaxExtensions, &c.Draw.OpensAtMs, &c.Draw.ClosesAtMs, &c.Waitlist.OfferTTLMs, &c.Waitlist.WaitTTLMs,
+		&c.Demand.WarmRPS, &c.Demand.HotRPS, &c.Demand.LowStockUnits, &c.Demand.LowStockPercent, &c.Demand.HorizonMs} {
 		*v = d.varint()
 	}
 	c.Mode = Mode(d.byte())
@@ -201,7 +222,9 @@ func readResult(d *decoder) Result {
 	return r
 }
 
-// Restore replaces the state with a snapshot written by Snapshot.
+// Restore replaces the state with a snapshot written by Snapshot. It
+// validates what it reads, so a corrupt snapshot is an error, never a
+// machine that panics later.
 func (m *Machine) Restore(r io.Reader) error {
 	data, err := io.ReadAll(r)
 	if err != nil {
@@ -214,9 +237,10 @@ func (m *Machine) Restore(r io.Reader) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.clockMs, m.nextID = fresh.clockMs, fresh.nextID
-	m.pools, m.poolIDs, m.res = fresh.pools, fresh.poolIDs, fresh.res
+	m.pools, m.poolIDs, m.poolBySeq, m.nextPoolSeq = fresh.pools, fresh.poolIDs, fresh.poolBySeq, fresh.nextPoolSeq
+	m.res, m.active = fresh.res, fresh.active
 	m.idem, m.idemBySeq, m.idemSeq, m.idemOldest = fresh.idem, fresh.idemBySeq, fresh.idemSeq, fresh.idemOldest
-	m.wheel = fresh.wheel
+	m.tables, m.tableByID, m.nextTable = fresh.tables, fresh.tableByID, fresh.nextTable
 	m.stats = fresh.stats
 	return nil
 }
@@ -227,67 +251,111 @@ func (m *Machine) decodeSnapshot(data []byte) error {
 		return fmt.Errorf("%w: snapshot version %d", ErrCorrupt, v)
 	}
 	m.clockMs = d.varint()
-	m.nextID = d.uvarint()
-	m.idemSeq = d.uvarint()
-	m.wheel = lease.NewWheel(m.clockMs)
-
-	if m.nextID >= maxSeq || m.idemSeq >= maxSeq {
+	m.nextID, m.idemSeq, m.nextPoolSeq = d.uvarint(), d.uvarint(), d.uvarint()
+	nextTable := d.uvarint()
+	if m.nextID >= maxSeq || m.idemSeq >= maxSeq || m.nextPoolSeq >= maxSeq || nextTable >= 1<<31 {
 		d.fail("sequence out of range")
+	}
+	m.nextTable = uint32(nextTable)
+	m.tables, m.tableByID = nil, map[uint32]*leaseTable{}
+	m.table(0)
+	tableOf := func(id uint64) uint32 {
+		if id > uint64(m.nextTable) {
+			d.fail("lease table out of range")
+			return 0
+		}
+		return uint32(id)
 	}
 
 	// Every collection must be strictly increasing in its key: that rules
 	// out duplicates, which would corrupt the indexes built below.
 	n := d.uvarint()
 	for i := uint64(0); i < n && d.err == nil; i++ {
-		p := &Pool{ID: d.string(MaxIDLen)}
+		p := &Pool{ID: d.string(MaxIDLen), seq: d.uvarint()}
+		p.table = tableOf(d.uvarint())
 		readConfig(&d, &p.Config)
 		p.Held, p.Sold, p.CreatedAtMs, p.UpdatedAtMs = d.varint(), d.varint(), d.varint(), d.varint()
-		if !ValidID(p.ID) || (i > 0 && p.ID <= m.poolIDs[i-1]) {
+		for j := range p.demand.sec {
+			p.demand.sec[j], p.demand.req[j], p.demand.den[j] = d.varint(), d.varint(), d.varint()
+		}
+		p.demand.heat = Heat(d.byte())
+		switch {
+		case !ValidID(p.ID) || (i > 0 && p.ID <= m.poolIDs[i-1]):
 			d.fail("pool ids not valid and strictly increasing")
+		case p.seq == 0 || p.seq > m.nextPoolSeq || m.poolBySeq[p.seq] != nil:
+			d.fail("pool numbers not unique within range")
+		case p.Config.Validate() != nil || p.Held < 0 || p.Sold < 0 || p.Held+p.Sold > p.Config.OnHand || p.demand.heat > HeatHot:
+			d.fail("pool state out of range")
+		case p.table != 0 && m.tableByID[p.table] != nil:
+			d.fail("two pools own one lease table")
+		}
+		if d.err != nil {
 			break
 		}
+		if p.table != 0 {
+			m.table(p.table).owner = p
+		}
 		m.pools[p.ID] = p
+		m.poolBySeq[p.seq] = p
 		m.poolIDs = append(m.poolIDs, p.ID)
 	}
 
 	var lastID uint64
 	n = d.uvarint()
 	for i := uint64(0); i < n && d.err == nil; i++ {
-		r := &reservation{id: d.uvarint(), buyer: d.string(MaxIDLen), state: ReservationState(d.byte())}
-		if r.id <= lastID || r.id > m.nextID || r.state > StateExpired {
-			d.fail("reservation ids not strictly increasing within 1..next id")
-			break
-		}
-		lastID = r.id
-		for _, v := range [...]*int64{&r.createdAtMs, &r.expiresAtMs, &r.capMs, &r.extensions, &r.maxExtensions, &r.position, &r.finishedAtMs} {
+		r := &reservation{id: d.uvarint(), buyer: d.string(MaxIDLen), state: ReservationState(d.byte()), where: d.byte(), offered: d.byte() != 0}
+		r.table = tableOf(d.uvarint())
+		for _, v := range [...]*int64{&r.createdAtMs, &r.expiresAtMs, &r.capMs, &r.extensions, &r.maxExtensions, &r.finishedAtMs} {
 			*v = d.varint()
 		}
 		nl := d.uvarint()
-		if nl > MaxLines {
-			d.fail("too many lines")
+		switch {
+		case r.id <= lastID || r.id > m.nextID || r.state > StateExpired:
+			d.fail("reservation ids not strictly increasing within 1..next id")
+		case nl == 0 || nl > MaxLines:
+			d.fail("bad line count")
+		case (r.state == StateWaiting) != (r.where != waitNone) || r.where > waitInDraw || (r.state == StateWaiting && nl != 1):
+			d.fail("waiting state inconsistent")
+		case r.state.Terminal() && r.table != 0:
+			d.fail("finished reservation outside the shared table")
+		}
+		if d.err != nil {
 			break
 		}
+		lastID = r.id
 		r.setLines(int(nl))
 		for j := range r.lines {
-			id := d.string(MaxIDLen)
-			p := m.pools[id]
+			p := m.pools[d.string(MaxIDLen)]
 			if p == nil {
 				d.fail("line names an unknown pool")
 				break
 			}
 			r.lines[j] = line{pool: p, qty: d.varint(), state: LineState(d.byte())}
+			if l := r.lines[j]; l.qty < 1 || l.qty > MaxQty || l.state > LineAvailable {
+				d.fail("bad line")
+			}
+		}
+		if d.err != nil {
+			break
 		}
 		m.res.put(r)
 		due := r.expiresAtMs
 		if r.state.Terminal() {
 			due = r.finishedAtMs + m.cfg.RetainFinishedMs
 		} else {
-			m.stats.ActiveHolds++
+			m.active[r.buyer]++
+			if r.state == StateActive {
+				m.stats.ActiveHolds++
+			}
 		}
-		m.wheel.Add(r.id<<1|wheelReservation, due)
+		m.table(r.table).wheel.Add(resKey(r.id), due)
 	}
 
+	seen := 0 // waiting reservations placed in a queue or draw
 	for _, id := range m.poolIDs {
+		if d.err != nil {
+			break
+		}
 		p := m.pools[id]
 		n = d.uvarint()
 		var last string
@@ -298,11 +366,58 @@ func (m *Machine) decodeSnapshot(data []byte) error {
 				break
 			}
 			last = buyer
-			if p.usage == nil {
-				p.usage = make(map[string]int64)
-			}
-			p.usage[buyer] = d.varint()
+			m.addUsage(p, buyer, d.varint())
 		}
+		place := func(want uint8) *reservation {
+			r := m.res.get(d.uvarint())
+			if r == nil || r.state != StateWaiting || r.where != want || r.lines[0].pool != p {
+				d.fail("queue names a reservation that does not wait there")
+				return nil
+			}
+			r.where = waitNone // placed; restored below
+			seen++
+			return r
+		}
+		if d.byte() != 0 {
+			if p.Config.Mode != ModeDraw {
+				d.fail("draw entries on a pool that is not a draw")
+				break
+			}
+			p.draw = &drawState{byBuyer: map[string]*reservation{}}
+			n = d.uvarint()
+			for i := uint64(0); i < n && d.err == nil; i++ {
+				if r := place(waitInDraw); r != nil {
+					if p.draw.byBuyer[r.buyer] != nil {
+						d.fail("two draw entries of one buyer")
+						break
+					}
+					r.where, r.ticket = waitInDraw, uint64(len(p.draw.entrants))
+					p.draw.entrants = append(p.draw.entrants, r)
+					p.draw.byBuyer[r.buyer] = r
+				}
+			}
+			m.tableByID[0].wheel.Add(poolKey(p.seq), p.Config.Draw.ClosesAtMs)
+		}
+		n = d.uvarint()
+		for i := uint64(0); i < n && d.err == nil; i++ {
+			if i >= MaxWaiting {
+				d.fail("waitlist too long")
+				break
+			}
+			if r := place(waitInQueue); r != nil {
+				r.where = waitInQueue
+				p.waitq.push(r)
+			}
+		}
+	}
+	waiting := 0
+	m.res.each(func(r *reservation) {
+		if r.state == StateWaiting {
+			waiting++
+		}
+	})
+	if d.err == nil && seen != waiting {
+		d.fail("a waiting reservation is in no queue")
 	}
 
 	var lastSeq uint64
@@ -323,7 +438,7 @@ func (m *Machine) decodeSnapshot(data []byte) error {
 		}
 		m.idem[key] = rec
 		m.idemBySeq[rec.seq] = key
-		m.wheel.Add(rec.seq<<1|wheelIdem, rec.expiresAtMs)
+		m.tableByID[0].wheel.Add(idemKey(rec.seq), rec.expiresAtMs)
 	}
 	if n == 0 {
 		m.idemOldest = m.idemSeq

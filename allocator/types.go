@@ -53,6 +53,7 @@ type PoolConfig struct {
 	Mode          Mode
 	Draw          DrawConfig
 	Waitlist      WaitlistConfig
+	Demand        DemandConfig
 }
 
 // Defaults applied to a PoolConfig field left at zero by the client.
@@ -126,10 +127,16 @@ type Pool struct {
 	CreatedAtMs int64
 	UpdatedAtMs int64
 
-	// usage is the qty each buyer has in active and confirmed reservations
-	// of this pool, for the per-buyer limit. Kept per pool so the lookup
-	// hashes one string.
+	// usage is the qty each buyer has in active, waiting and confirmed
+	// reservations of this pool, for the per-buyer limit. Kept per pool so
+	// the lookup hashes one string.
 	usage map[string]int64
+
+	seq    uint64     // pool number, for its draw-close deadline
+	table  uint32     // lease table of new holds: 0 shared, else its own (hot)
+	demand demand     // request rates and heat
+	waitq  waitQueue  // FIFO of waiting reservations
+	draw   *drawState // entries of an open draw; nil otherwise
 }
 
 // Available is on_hand - held - sold, never negative by invariant.
@@ -156,6 +163,10 @@ type reservation struct {
 	maxExtensions int64
 	position      int64   // place in a waitlist or draw; 0 when none
 	finishedAtMs  int64   // when it became terminal; forgotten RetainFinishedMs later
+	ticket        uint64  // slot in its pool's waitlist or draw entries
+	table         uint32  // lease table holding its deadline
+	where         uint8   // waitNone, waitInQueue or waitInDraw
+	offered       bool    // became active by an offer from the waitlist or draw
 	one           [1]line // storage of lines for the common one-line case
 }
 
@@ -192,14 +203,22 @@ type ReservationView struct {
 
 // PoolView is a copy of a pool with its derived figures.
 type PoolView struct {
-	ID          string
-	Config      PoolConfig
-	Held        int64
-	Sold        int64
-	Available   int64
-	Claim       Claim
-	CreatedAtMs int64
-	UpdatedAtMs int64
+	ID        string
+	Config    PoolConfig
+	Held      int64
+	Sold      int64
+	Available int64
+	Claim     Claim
+	Heat      Heat
+	// Request and denial rates over the last DemandWindowMs of log time.
+	RequestsPerSec float64
+	DenialsPerSec  float64
+	Waiting        int64 // reservations in the waitlist
+	WaitingQty     int64 // units they ask for
+	DrawEntries    int64 // entries in an open draw
+	DrawClosed     bool  // a draw pool whose draw has run
+	CreatedAtMs    int64
+	UpdatedAtMs    int64
 }
 
 // Claim is how strongly a cart may present a line drawing from a pool.

@@ -30,6 +30,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
+	"runtime"
 	"slices"
 	"strconv"
 	"sync"
@@ -334,6 +335,9 @@ func benchHTTP(b *testing.B, confirm bool) {
 		stats[i].lat = make([]time.Duration, 0, perReq*(b.N/s.clients+1))
 	}
 	var next atomic.Int64
+	var mem0 runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&mem0)
 	cpu0, host0 := processCPU(), hostBusy()
 	b.ResetTimer()
 	start := time.Now()
@@ -396,6 +400,12 @@ func benchHTTP(b *testing.B, confirm bool) {
 	elapsed := time.Since(start)
 	b.StopTimer()
 	cpu, host := processCPU()-cpu0, hostBusy()-host0
+	var mem1 runtime.MemStats
+	runtime.ReadMemStats(&mem1)
+	gcs := mem1.NumGC - mem0.NumGC
+	runtime.GC()
+	runtime.ReadMemStats(&mem1)
+	retained := int64(mem1.HeapAlloc) - int64(mem0.HeapAlloc)
 
 	var lat []time.Duration
 	var reserved, confirmed, errs int64
@@ -434,6 +444,11 @@ func benchHTTP(b *testing.B, confirm bool) {
 			b.ReportMetric(max(0, (host-cpu).Seconds()/elapsed.Seconds()), "other-cores")
 		}
 	}
+
+	// Heap still live after the run (reservations, idempotency records,
+	// the Raft log cache...) per reservation, and GC cycles during the run.
+	b.ReportMetric(float64(retained)/float64(max(reserved, 1)), "retained-B/op")
+	b.ReportMetric(float64(gcs), "GCs")
 
 	// Commands per log entry during the measured phase.
 	entries := n.counter.entries.Load() - entries0

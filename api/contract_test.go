@@ -233,7 +233,10 @@ func allPools(t testing.TB, n *testNode) map[string]map[string]any {
 		page := wantStatus(t, n, n.call(t, "GET", q, ""), 200)
 		for _, p := range page["pools"].([]any) {
 			m := p.(map[string]any)
+			// as_of moves with time; demand counts refused requests too
+			// (they are demand) and its rates move with time.
 			delete(m, "as_of")
+			delete(m, "demand")
 			out[m["id"].(string)] = m
 		}
 		if page["has_more"] != true {
@@ -400,8 +403,10 @@ func TestContractErrors(t *testing.T) {
 		wantError(t, n, n.call(t, "PUT", "/v1/pools/is", `{"on_hand": 4}`), 409, "invalid_state")
 		wantError(t, n, n.call(t, "POST", "/v1/pools/is/adjust", `{"delta": -6}`), 409, "invalid_state")
 		after := getPool(t, n, "is")
-		delete(before, "as_of")
-		delete(after, "as_of")
+		for _, f := range []string{"as_of", "demand"} {
+			delete(before, f)
+			delete(after, f)
+		}
 		if !reflect.DeepEqual(before, after) {
 			t.Fatalf("refused on_hand change altered the pool:\n%s\n%s", mustJSON(before), mustJSON(after))
 		}
@@ -1036,10 +1041,13 @@ func TestContractBadInputs(t *testing.T) {
 		{"p/max_extensions -1", "PUT", P, `{"on_hand":100,"max_extensions":-1}`, nil, 400, "invalid_argument"},
 		{"p/max_extensions 1001", "PUT", P, `{"on_hand":100,"max_extensions":1001}`, nil, 400, "invalid_argument"},
 		{"p/mode bogus", "PUT", P, `{"on_hand":100,"mode":"bogus"}`, nil, 400, "invalid_argument"},
-		{"p/mode draw unsupported", "PUT", P, `{"on_hand":100,"mode":"draw","draw":{"opens_at":"2030-01-01T00:00:00Z","closes_at":"2030-01-02T00:00:00Z","seed":"s"}}`, nil, 400, "invalid_argument"},
+		{"p/draw closes before it opens", "PUT", P, `{"on_hand":100,"mode":"draw","draw":{"opens_at":"2030-01-02T00:00:00Z","closes_at":"2030-01-01T00:00:00Z","seed":"s"}}`, nil, 400, "invalid_argument"},
+		{"p/draw without a window", "PUT", P, `{"on_hand":100,"mode":"draw"}`, nil, 400, "invalid_argument"},
+		{"p/demand warm_rps 0", "PUT", P, `{"on_hand":100,"demand_thresholds":{"warm_rps":0}}`, nil, 400, "invalid_argument"},
+		{"p/demand unknown field", "PUT", P, `{"on_hand":100,"demand_thresholds":{"cold_rps":1}}`, nil, 400, "invalid_argument"},
 		{"p/draw bad time", "PUT", P, `{"on_hand":100,"draw":{"opens_at":"tomorrow","closes_at":"2030-01-02T00:00:00Z"}}`, nil, 400, "invalid_argument"},
 		{"p/draw seed 129 bytes", "PUT", P, `{"on_hand":100,"draw":{"opens_at":"2030-01-01T00:00:00Z","closes_at":"2030-01-02T00:00:00Z","seed":"` + long + `"}}`, nil, 400, "invalid_argument"},
-		{"p/waitlist unsupported", "PUT", P, `{"on_hand":100,"waitlist":{"enabled":true}}`, nil, 400, "invalid_argument"},
+		{"p/waitlist wait_ttl 0", "PUT", P, `{"on_hand":100,"waitlist":{"enabled":true,"wait_ttl_ms":0}}`, nil, 400, "invalid_argument"},
 		{"p/waitlist offer 0", "PUT", P, `{"on_hand":100,"waitlist":{"offer_ttl_ms":0}}`, nil, 400, "invalid_argument"},
 		{"p/id 129 bytes", "PUT", "/v1/pools/" + long, `{"on_hand":1}`, nil, 400, "invalid_argument"},
 		{"p/id space", "PUT", "/v1/pools/a%20b", `{"on_hand":1}`, nil, 400, "invalid_argument"},

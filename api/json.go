@@ -68,15 +68,26 @@ type waitlistReq struct {
 	WaitTTLMs  *int64 `json:"wait_ttl_ms"`
 }
 
+// thresholdsJSON is a pool's demand_thresholds: when it turns warm or hot
+// and when carts must confirm at checkout (see docs/design.md).
+type thresholdsJSON struct {
+	WarmRPS         *int64 `json:"warm_rps"`
+	HotRPS          *int64 `json:"hot_rps"`
+	LowStockUnits   *int64 `json:"low_stock_units"`
+	LowStockPercent *int64 `json:"low_stock_percent"`
+	HorizonMs       *int64 `json:"horizon_ms"`
+}
+
 type putPoolReq struct {
-	OnHand        *int64       `json:"on_hand"`
-	PerBuyerLimit *int64       `json:"per_buyer_limit"`
-	HoldTTLMs     *int64       `json:"hold_ttl_ms"`
-	MaxHoldTTLMs  *int64       `json:"max_hold_ttl_ms"`
-	MaxExtensions *int64       `json:"max_extensions"`
-	Mode          *string      `json:"mode"`
-	Draw          *drawJSON    `json:"draw"`
-	Waitlist      *waitlistReq `json:"waitlist"`
+	DemandThresholds *thresholdsJSON `json:"demand_thresholds"`
+	OnHand           *int64          `json:"on_hand"`
+	PerBuyerLimit    *int64          `json:"per_buyer_limit"`
+	HoldTTLMs        *int64          `json:"hold_ttl_ms"`
+	MaxHoldTTLMs     *int64          `json:"max_hold_ttl_ms"`
+	MaxExtensions    *int64          `json:"max_extensions"`
+	Mode             *string         `json:"mode"`
+	Draw             *drawJSON       `json:"draw"`
+	Waitlist         *waitlistReq    `json:"waitlist"`
 }
 
 // config turns a PUT body into a full config: omitted fields take defaults.
@@ -133,6 +144,19 @@ func (r *putPoolReq) config() (allocator.PoolConfig, *apiError) {
 			c.Waitlist.WaitTTLMs = *w.WaitTTLMs
 		}
 	}
+	if t := r.DemandThresholds; t != nil {
+		for _, f := range []struct {
+			src *int64
+			dst *int64
+		}{
+			{t.WarmRPS, &c.Demand.WarmRPS}, {t.HotRPS, &c.Demand.HotRPS}, {t.LowStockUnits, &c.Demand.LowStockUnits},
+			{t.LowStockPercent, &c.Demand.LowStockPercent}, {t.HorizonMs, &c.Demand.HorizonMs},
+		} {
+			if f.src != nil {
+				*f.dst = *f.src
+			}
+		}
+	}
 	if err := c.Validate(); err != nil {
 		return c, fromDomain(err, nil)
 	}
@@ -167,28 +191,54 @@ type emptyReq struct{}
 type waitlistJSON struct {
 	Enabled    bool  `json:"enabled"`
 	Length     int64 `json:"length"`
+	QueuedQty  int64 `json:"queued_qty"`
 	OfferTTLMs int64 `json:"offer_ttl_ms"`
 	WaitTTLMs  int64 `json:"wait_ttl_ms"`
 }
 
+type drawOut struct {
+	OpensAt  string `json:"opens_at"`
+	ClosesAt string `json:"closes_at"`
+	Seed     string `json:"seed"`
+	Entries  int64  `json:"entries"`
+	Closed   bool   `json:"closed"`
+}
+
+type demandJSON struct {
+	Heat         string  `json:"heat"`
+	RequestsPerS float64 `json:"requests_per_s"`
+	DenialsPerS  float64 `json:"denials_per_s"`
+	WindowMs     int64   `json:"window_ms"`
+}
+
+type thresholdsOut struct {
+	WarmRPS         int64 `json:"warm_rps"`
+	HotRPS          int64 `json:"hot_rps"`
+	LowStockUnits   int64 `json:"low_stock_units"`
+	LowStockPercent int64 `json:"low_stock_percent"`
+	HorizonMs       int64 `json:"horizon_ms"`
+}
+
 type poolJSON struct {
-	ID            string       `json:"id"`
-	OnHand        int64        `json:"on_hand"`
-	Held          int64        `json:"held"`
-	Sold          int64        `json:"sold"`
-	Available     int64        `json:"available"`
-	PerBuyerLimit int64        `json:"per_buyer_limit"`
-	HoldTTLMs     int64        `json:"hold_ttl_ms"`
-	MaxHoldTTLMs  int64        `json:"max_hold_ttl_ms"`
-	MaxExtensions int64        `json:"max_extensions"`
-	Mode          string       `json:"mode"`
-	Draw          *drawJSON    `json:"draw,omitempty"`
-	Waitlist      waitlistJSON `json:"waitlist"`
-	Claim         string       `json:"claim"`
-	CreatedAt     string       `json:"created_at"`
-	UpdatedAt     string       `json:"updated_at"`
-	AsOf          string       `json:"as_of"`
-	Consistency   string       `json:"consistency"`
+	ID               string        `json:"id"`
+	OnHand           int64         `json:"on_hand"`
+	Held             int64         `json:"held"`
+	Sold             int64         `json:"sold"`
+	Available        int64         `json:"available"`
+	PerBuyerLimit    int64         `json:"per_buyer_limit"`
+	HoldTTLMs        int64         `json:"hold_ttl_ms"`
+	MaxHoldTTLMs     int64         `json:"max_hold_ttl_ms"`
+	MaxExtensions    int64         `json:"max_extensions"`
+	Mode             string        `json:"mode"`
+	Draw             *drawOut      `json:"draw,omitempty"`
+	Waitlist         waitlistJSON  `json:"waitlist"`
+	Demand           demandJSON    `json:"demand"`
+	DemandThresholds thresholdsOut `json:"demand_thresholds"`
+	Claim            string        `json:"claim"`
+	CreatedAt        string        `json:"created_at"`
+	UpdatedAt        string        `json:"updated_at"`
+	AsOf             string        `json:"as_of"`
+	Consistency      string        `json:"consistency"`
 }
 
 func poolOut(p *allocator.PoolView, asOfMs int64, consistency string) *poolJSON {
@@ -197,12 +247,18 @@ func poolOut(p *allocator.PoolView, asOfMs int64, consistency string) *poolJSON 
 		ID: p.ID, OnHand: c.OnHand, Held: p.Held, Sold: p.Sold, Available: p.Available,
 		PerBuyerLimit: c.PerBuyerLimit, HoldTTLMs: c.HoldTTLMs, MaxHoldTTLMs: c.MaxHoldTTLMs,
 		MaxExtensions: c.MaxExtensions, Mode: c.Mode.String(),
-		Waitlist: waitlistJSON{Enabled: c.Waitlist.Enabled, OfferTTLMs: c.Waitlist.OfferTTLMs, WaitTTLMs: c.Waitlist.WaitTTLMs},
-		Claim:    p.Claim.String(), CreatedAt: formatTime(p.CreatedAtMs), UpdatedAt: formatTime(p.UpdatedAtMs),
+		Waitlist: waitlistJSON{Enabled: c.Waitlist.Enabled, Length: p.Waiting, QueuedQty: p.WaitingQty,
+			OfferTTLMs: c.Waitlist.OfferTTLMs, WaitTTLMs: c.Waitlist.WaitTTLMs},
+		Demand: demandJSON{Heat: p.Heat.String(), RequestsPerS: p.RequestsPerSec, DenialsPerS: p.DenialsPerSec,
+			WindowMs: allocator.DemandWindowMs},
+		DemandThresholds: thresholdsOut{WarmRPS: c.Demand.WarmRPS, HotRPS: c.Demand.HotRPS, LowStockUnits: c.Demand.LowStockUnits,
+			LowStockPercent: c.Demand.LowStockPercent, HorizonMs: c.Demand.HorizonMs},
+		Claim: p.Claim.String(), CreatedAt: formatTime(p.CreatedAtMs), UpdatedAt: formatTime(p.UpdatedAtMs),
 		AsOf: formatTime(asOfMs), Consistency: consistency,
 	}
 	if c.Mode == allocator.ModeDraw {
-		out.Draw = &drawJSON{OpensAt: formatTime(c.Draw.OpensAtMs), ClosesAt: formatTime(c.Draw.ClosesAtMs), Seed: c.Draw.Seed}
+		out.Draw = &drawOut{OpensAt: formatTime(c.Draw.OpensAtMs), ClosesAt: formatTime(c.Draw.ClosesAtMs), Seed: c.Draw.Seed,
+			Entries: p.DrawEntries, Closed: p.DrawClosed}
 	}
 	return out
 }

@@ -28,26 +28,10 @@ func newMetrics(reg prometheus.Registerer, alloc *allocator.Machine) *metrics {
 		}, []string{"route"}),
 		reservations: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "holdfast_reservations_total",
-			Help: "Reservation requests answered by this node, by outcome (held, replayed, or the refusal code).",
+			Help: "Reservation requests answered by this node, by outcome (held, queued, replayed, or the refusal code).",
 		}, []string{"outcome"}),
 	}
-	stat := func(f func(allocator.Stats) float64) func() float64 {
-		return func() float64 { return f(alloc.Stats()) }
-	}
-	reg.MustRegister(m.requests, m.latency, m.reservations,
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "holdfast_active_holds",
-			Help: "Active reservations (units held) in this replica.",
-		}, stat(func(s allocator.Stats) float64 { return float64(s.ActiveHolds) })),
-		prometheus.NewCounterFunc(prometheus.CounterOpts{
-			Name: "holdfast_expirations_total",
-			Help: "Holds expired in this replica since it started.",
-		}, stat(func(s allocator.Stats) float64 { return float64(s.Expired) })),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "holdfast_idempotency_keys",
-			Help: "Idempotency keys remembered in this replica.",
-		}, stat(func(s allocator.Stats) float64 { return float64(s.IdempotencyKeys) })),
-	)
+	reg.MustRegister(m.requests, m.latency, m.reservations, &allocCollector{alloc: alloc})
 	return m
 }
 
@@ -63,6 +47,62 @@ func (m *metrics) reservation(r *allocator.Result) {
 		outcome = "replayed"
 	case r.Err != nil:
 		outcome = r.Err.Code.String()
+	case r.Reservation != nil && r.Reservation.State == allocator.StateWaiting:
+		outcome = "queued"
 	}
 	m.reservations.WithLabelValues(outcome).Inc()
+}
+
+// hotPoolsLabelled bounds the pool label's cardinality: only the busiest
+// hot pools are exported one by one.
+const hotPoolsLabelled = 10
+
+// allocCollector exports the replica's allocator state at scrape time,
+// reading its counters once per scrape.
+type allocCollector struct{ alloc *allocator.Machine }
+
+var (
+	descActiveHolds   = prometheus.NewDesc("holdfast_active_holds", "Active reservations (units held) in this replica.", nil, nil)
+	descWaiting       = prometheus.NewDesc("holdfast_waitlist_length", "Reservations waiting in waitlists, all pools.", nil, nil)
+	descExpirations   = prometheus.NewDesc("holdfast_expirations_total", "Holds and waits expired in this replica since it started.", nil, nil)
+	descOffers        = prometheus.NewDesc("holdfast_waitlist_offers_total", "Units offered to the head of a waitlist (draw winners included).", nil, nil)
+	descOffersExpired = prometheus.NewDesc("holdfast_waitlist_offers_expired_total", "Offers that expired unconfirmed and moved on.", nil, nil)
+	descWaitsExpired  = prometheus.NewDesc("holdfast_waitlist_waits_expired_total", "Waiting reservations that expired unserved.", nil, nil)
+	descDrawEntries   = prometheus.NewDesc("holdfast_draw_entries_total", "Draw entries accepted.", nil, nil)
+	descDrawWinners   = prometheus.NewDesc("holdfast_draw_winners_total", "Draw entries that won at the close.", nil, nil)
+	descQueueJumps    = prometheus.NewDesc("holdfast_queue_jumps_total", "Grants made while an earlier waiting request for the same pool still fit. Must stay 0.", nil, nil)
+	descIdemKeys      = prometheus.NewDesc("holdfast_idempotency_keys", "Idempotency keys remembered in this replica.", nil, nil)
+	descLeaseTables   = prometheus.NewDesc("holdfast_lease_tables", "Lease tables: the shared one plus one per hot pool.", nil, nil)
+	descHeat          = prometheus.NewDesc("holdfast_pool_heat", "Heat of the busiest hot pools (0 cold, 1 warm, 2 hot).", []string{"pool"}, nil)
+	descPoolRPS       = prometheus.NewDesc("holdfast_pool_requests_per_second", "Reserve requests per second of the busiest hot pools.", []string{"pool"}, nil)
+)
+
+func (c *allocCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descActiveHolds, descWaiting, descExpirations, descOffers, descOffersExpired,
+		descWaitsExpired, descDrawEntries, descDrawWinners, descQueueJumps, descIdemKeys, descLeaseTables, descHeat, descPoolRPS} {
+		ch <- d
+	}
+}
+
+func (c *allocCollector) Collect(ch chan<- prometheus.Metric) {
+	s := c.alloc.Stats()
+	gauge := func(d *prometheus.Desc, v float64) { ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v) }
+	counter := func(d *prometheus.Desc, v uint64) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v))
+	}
+	gauge(descActiveHolds, float64(s.ActiveHolds))
+	gauge(descWaiting, float64(s.Waiting))
+	gauge(descIdemKeys, float64(s.IdempotencyKeys))
+	gauge(descLeaseTables, float64(s.LeaseTables))
+	counter(descExpirations, s.Expired)
+	counter(descOffers, s.Offers)
+	counter(descOffersExpired, s.OffersExpired)
+	counter(descWaitsExpired, s.WaitsExpired)
+	counter(descDrawEntries, s.DrawEntries)
+	counter(descDrawWinners, s.DrawWinners)
+	counter(descQueueJumps, s.QueueJumps)
+	for _, p := range c.alloc.HotPools(hotPoolsLabelled) {
+		ch <- prometheus.MustNewConstMetric(descHeat, prometheus.GaugeValue, float64(p.Heat), p.ID)
+		ch <- prometheus.MustNewConstMetric(descPoolRPS, prometheus.GaugeValue, p.RequestsPerSec, p.ID)
+	}
 }

@@ -2,6 +2,7 @@ package raftstore_test
 
 import (
 	"bytes"
+	"fmt"
 	"context"
 	"io"
 	"log/slog"
@@ -103,7 +104,10 @@ func TestSnapshotAndRestart(t *testing.T) {
 	n, m := single(t, dir, addr)
 	propose(t, n, allocator.Command{Kind: allocator.KindPutPool, Pool: "p", Config: allocator.DefaultPoolConfig(1000)})
 	for i := range 50 {
-		r := propose(t, n, allocator.Command{Kind: allocator.KindReserve, Buyer: "b", Lines: []allocator.LineRequest{{Pool: "p", Qty: 1}}})
+		r := propose(t, n, allocator.Command{Kind: allocator.KindReserve, Buyer: fmt.Sprintf("b%d", i), Lines: []allocator.LineRequest{{Pool: "p", Qty: 1}}})
+		if r.Err != nil {
+			t.Fatal(r.Err)
+		}
 		if i%2 == 0 {
 			propose(t, n, allocator.Command{Kind: allocator.KindConfirm, Reservation: r.Reservation.ID})
 		}
