@@ -1,14 +1,19 @@
 // Package engine is the replicated state machine of one holdfast Raft group:
 // it decodes the commands of a committed log entry and hands them to the
-// domain state machines (the allocator today; carts join it later). It
-// knows nothing of Raft, HTTP or disks: raftstore drives it through the
-// raftstore.StateMachine interface.
+// domain state machines (the allocator, in memory, and the cart layer,
+// whose state lives in the node's keyspace on disk). It knows nothing of
+// Raft or HTTP: raftstore drives it through raftstore.KVStateMachine.
 package engine
 
 import (
+	"bufio"
+	"encoding/binary"
+	"errors"
+	"fmt"
 	"io"
 
 	"github.com/holdfast/holdfast/allocator"
+	"github.com/holdfast/holdfast/raftstore"
 )
 
 // Machine is a holdfast group's state machine.
@@ -16,6 +21,8 @@ type Machine struct {
 	// Alloc is the allocator. Reads go to it directly; writes only through
 	// Apply.
 	Alloc *allocator.Machine
+
+	kv raftstore.KV
 
 	cmds    []allocator.Command // scratch, reused across entries
 	results []allocator.Result
@@ -26,9 +33,21 @@ func New(cfg allocator.Config) *Machine {
 	return &Machine{Alloc: allocator.New(cfg)}
 }
 
+// OpenKV attaches the node's keyspace. What it holds from before a restart
+// is discarded: Raft restores the latest snapshot (keyspace included) and
+// replays the log after it, so the keyspace is always rebuilt from the
+// synced log, and its own writes never need an fsync.
+func (m *Machine) OpenKV(kv raftstore.KV) error {
+	m.kv = kv
+	b := kv.Batch()
+	defer b.Close()
+	b.DeleteAll()
+	return b.Commit()
+}
+
 // Apply applies the encoded commands of one log entry stamped by the leader
-// at nowMs and returns one allocator.Result per command. A command that does
-// not decode is answered with invalid_argument on every replica alike.
+// at nowMs and returns one result per command. A command that does not
+// decode is answered with invalid_argument on every replica alike.
 func (m *Machine) Apply(nowMs int64, cmds [][]byte) []any {
 	m.cmds = m.cmds[:0]
 	for _, b := range cmds {
@@ -47,14 +66,137 @@ func (m *Machine) Apply(nowMs int64, cmds [][]byte) []any {
 	return out
 }
 
-// Snapshot returns the canonical encoding of the state.
-func (m *Machine) Snapshot() []byte { return m.Alloc.Snapshot() }
-
-// Restore replaces the state from a Snapshot.
-func (m *Machine) Restore(r io.Reader) error { return m.Alloc.Restore(r) }
-
 // ClockMs is the log clock of the last applied entry.
 func (m *Machine) ClockMs() int64 { return m.Alloc.ClockMs() }
 
 // NextDeadlineMs is when the next hold or key falls due, if any.
 func (m *Machine) NextDeadlineMs() (int64, bool) { return m.Alloc.NextDeadlineMs() }
+
+// Snapshot format: the allocator's snapshot, length-prefixed, then the
+// keyspace as (key, value) records, uvarint-length-prefixed, ending with
+// an empty key (keys are never empty).
+
+// Snapshot captures the allocator and pins the keyspace; both are as of the
+// last applied entry because raftstore calls it between entries.
+func (m *Machine) Snapshot() (raftstore.Snapshot, error) {
+	s := &snapshot{alloc: m.Alloc.Snapshot()}
+	if m.kv != nil {
+		s.view = m.kv.View()
+	}
+	return s, nil
+}
+
+type snapshot struct {
+	alloc []byte
+	view  raftstore.KVView
+}
+
+func (s *snapshot) Persist(w io.Writer) error {
+	var hdr [binary.MaxVarintLen64]byte
+	if _, err := w.Write(hdr[:binary.PutUvarint(hdr[:], uint64(len(s.alloc)))]); err != nil {
+		return err
+	}
+	if _, err := w.Write(s.alloc); err != nil {
+		return err
+	}
+	var err error
+	if s.view != nil {
+		s.view.Scan(nil, nil, func(k, v []byte) bool {
+			for _, part := range [][]byte{k, v} {
+				if _, err = w.Write(hdr[:binary.PutUvarint(hdr[:], uint64(len(part)))]); err != nil {
+					return false
+				}
+				if _, err = w.Write(part); err != nil {
+					return false
+				}
+			}
+			return true
+		})
+	}
+	if err != nil {
+		return err
+	}
+	_, err = w.Write([]byte{0})
+	return err
+}
+
+func (s *snapshot) Release() {
+	if s.view != nil {
+		s.view.Close()
+	}
+}
+
+// maxRecord bounds one key or value in a snapshot stream.
+const maxRecord = 64 << 20
+
+// restoreBatchBytes bounds the memory a restore holds before committing.
+const restoreBatchBytes = 4 << 20
+
+var errCorrupt = errors.New("engine: corrupt snapshot")
+
+// Restore replaces the whole state from a snapshot stream. The keyspace is
+// wiped and rewritten in bounded batches, so a large keyspace never sits in
+// memory; a crash half way is repaired by OpenKV and the next restore.
+func (m *Machine) Restore(r io.Reader) error {
+	br, ok := r.(*bufio.Reader)
+	if !ok {
+		br = bufio.NewReaderSize(r, 1<<20)
+	}
+	n, err := binary.ReadUvarint(br)
+	if err != nil || n > 1<<40 {
+		return fmt.Errorf("%w: allocator length", errCorrupt)
+	}
+	if err := m.Alloc.Restore(io.LimitReader(br, int64(n))); err != nil {
+		return err
+	}
+	if m.kv == nil {
+		return expectEnd(br)
+	}
+	b := m.kv.Batch()
+	b.DeleteAll()
+	for {
+		k, err := readRecord(br)
+		if err != nil {
+			b.Close()
+			return err
+		}
+		if len(k) == 0 {
+			break
+		}
+		v, err := readRecord(br)
+		if err != nil {
+			b.Close()
+			return err
+		}
+		b.Set(k, v)
+		if b.Len() >= restoreBatchBytes {
+			if err := b.Commit(); err != nil {
+				b.Close()
+				return err
+			}
+			b.Close()
+			b = m.kv.Batch()
+		}
+	}
+	defer b.Close()
+	return b.Commit()
+}
+
+func expectEnd(r *bufio.Reader) error {
+	if k, err := readRecord(r); err != nil || len(k) != 0 {
+		return fmt.Errorf("%w: keyspace records without a keyspace", errCorrupt)
+	}
+	return nil
+}
+
+func readRecord(r *bufio.Reader) ([]byte, error) {
+	n, err := binary.ReadUvarint(r)
+	if err != nil || n > maxRecord {
+		return nil, fmt.Errorf("%w: record length", errCorrupt)
+	}
+	b := make([]byte, n)
+	if _, err := io.ReadFull(r, b); err != nil {
+		return nil, fmt.Errorf("%w: %v", errCorrupt, err)
+	}
+	return b, nil
+}

@@ -1,7 +1,7 @@
 package raftstore
 
 import (
-	"bytes"
+	"bufio"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -20,14 +20,23 @@ type StateMachine interface {
 	// Apply applies the commands of one committed entry, stamped by the
 	// leader at nowMs, and returns one result per command.
 	Apply(nowMs int64, cmds [][]byte) []any
-	// Snapshot returns the whole state, consistent as of the last Apply.
-	Snapshot() []byte
-	// Restore replaces the whole state with one written by Snapshot.
+	// Snapshot captures the whole state as of the last Apply. It runs on
+	// the apply goroutine and must be quick; the returned Snapshot is
+	// written out on another goroutine while Apply goes on.
+	Snapshot() (Snapshot, error)
+	// Restore replaces the whole state with one written by a Snapshot,
+	// reading it as a stream.
 	Restore(r io.Reader) error
 	// ClockMs is the state machine's log clock.
 	ClockMs() int64
 	// NextDeadlineMs is when something next falls due (a lower bound).
 	NextDeadlineMs() (int64, bool)
+}
+
+// Snapshot is a captured state being written out.
+type Snapshot interface {
+	Persist(w io.Writer) error
+	Release()
 }
 
 // Entry kinds: the first byte of every log entry raftstore writes.
@@ -202,29 +211,31 @@ func (f *fsm) Snapshot() (raft.FSMSnapshot, error) {
 		b = append(b, f.members[id]...)
 	}
 	f.mu.RUnlock()
-	return &snapshot{header: b, state: f.sm.Snapshot()}, nil
+	s, err := f.sm.Snapshot()
+	if err != nil {
+		return nil, err
+	}
+	return &snapshot{header: b, state: s}, nil
 }
 
 // Restore implements raft.FSM.
 func (f *fsm) Restore(rc io.ReadCloser) error {
 	defer rc.Close()
-	data, err := io.ReadAll(rc)
-	if err != nil {
-		return fmt.Errorf("raftstore: read snapshot: %w", err)
-	}
-	n, k := binary.Uvarint(data)
-	if k <= 0 || n > 1<<16 {
-		return errCorruptEntry
-	}
-	s, rest, ok := decodeStrings(data[k:], int(2*n))
-	if !ok {
-		return errCorruptEntry
+	r := bufio.NewReaderSize(rc, 1<<20)
+	n, err := binary.ReadUvarint(r)
+	if err != nil || n > 1<<16 {
+		return fmt.Errorf("%w: snapshot header", errCorruptEntry)
 	}
 	members := make(map[string]string, n)
-	for i := 0; i+1 < len(s); i += 2 {
-		members[s[i]] = s[i+1]
+	for range n {
+		id, err1 := readString(r)
+		addr, err2 := readString(r)
+		if err1 != nil || err2 != nil {
+			return fmt.Errorf("%w: snapshot members", errCorruptEntry)
+		}
+		members[id] = addr
 	}
-	if err := f.sm.Restore(bytes.NewReader(rest)); err != nil {
+	if err := f.sm.Restore(r); err != nil {
 		return err
 	}
 	f.mu.Lock()
@@ -233,18 +244,38 @@ func (f *fsm) Restore(rc io.ReadCloser) error {
 	return nil
 }
 
-type snapshot struct{ header, state []byte }
+// readString reads a uvarint-prefixed string of at most 1 KiB.
+func readString(r *bufio.Reader) (string, error) {
+	n, err := binary.ReadUvarint(r)
+	if err != nil || n > 1024 {
+		return "", errCorruptEntry
+	}
+	b := make([]byte, n)
+	if _, err := io.ReadFull(r, b); err != nil {
+		return "", err
+	}
+	return string(b), nil
+}
+
+type snapshot struct {
+	header []byte
+	state  Snapshot
+}
 
 func (s *snapshot) Persist(sink raft.SnapshotSink) error {
-	if _, err := sink.Write(s.header); err != nil {
-		sink.Cancel()
-		return err
+	w := bufio.NewWriterSize(sink, 1<<20)
+	_, err := w.Write(s.header)
+	if err == nil {
+		err = s.state.Persist(w)
 	}
-	if _, err := sink.Write(s.state); err != nil {
+	if err == nil {
+		err = w.Flush()
+	}
+	if err != nil {
 		sink.Cancel()
 		return err
 	}
 	return sink.Close()
 }
 
-func (s *snapshot) Release() {}
+func (s *snapshot) Release() { s.state.Release() }

@@ -25,7 +25,14 @@ func (e *echoSM) Apply(nowMs int64, cmds [][]byte) []any {
 	}
 	return out
 }
-func (e *echoSM) Snapshot() []byte { return append([]byte(nil), e.state...) }
+func (e *echoSM) Snapshot() (Snapshot, error) {
+	return bytesSnapshot(append([]byte(nil), e.state...)), nil
+}
+
+type bytesSnapshot []byte
+
+func (b bytesSnapshot) Persist(w io.Writer) error { _, err := w.Write(b); return err }
+func (bytesSnapshot) Release()                    {}
 func (e *echoSM) Restore(r io.Reader) error {
 	b, err := io.ReadAll(r)
 	e.state = b

@@ -199,8 +199,14 @@ func Open(cfg Config, sm StateMachine) (*Node, error) {
 	defer func() {
 		if !ok {
 			n.shutdownRaw()
+			n.db.Close()
 		}
 	}()
+	if kvsm, isKV := sm.(KVStateMachine); isKV {
+		if err := kvsm.OpenKV(&pebbleKV{db: n.db}); err != nil {
+			return nil, fmt.Errorf("raftstore: open state machine keyspace: %w", err)
+		}
+	}
 	store, err := n.db.Group(0)
 	if err != nil {
 		return nil, fmt.Errorf("raftstore: %w", err)

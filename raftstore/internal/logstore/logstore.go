@@ -257,6 +257,24 @@ func (db *DB) Apply(b *pebble.Batch) error {
 	return db.commitLocked(b)
 }
 
+// ApplyNoSync commits b without waiting for an fsync, through the same
+// failure check as Apply. For state that is rebuilt from the synced Raft log
+// after a crash (the state machine's own keyspace), never for the log.
+func (db *DB) ApplyNoSync(b *pebble.Batch) error {
+	db.life.RLock()
+	defer db.life.RUnlock()
+	if db.closed {
+		return ErrClosed
+	}
+	if err := db.latch.get(); err != nil {
+		return err
+	}
+	if err := db.pdb.Apply(b, pebble.NoSync); err != nil {
+		return fmt.Errorf("logstore: commit: %w", err)
+	}
+	return db.latch.get()
+}
+
 // commitLocked commits b with pebble.Sync. The caller holds db.life (shared)
 // and has checked db.closed.
 func (db *DB) commitLocked(b *pebble.Batch) error {
