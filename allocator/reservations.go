@@ -285,6 +285,7 @@ func (m *Machine) enterDraw(c *Command, p *Pool) Result {
 		expiresAtMs: p.Config.Draw.ClosesAtMs + p.Config.Waitlist.WaitTTLMs,
 		where:       waitInDraw,
 		ticket:      uint64(len(p.draw.entrants)),
+		table:       p.table,
 	}
 	r.setLines(1)
 	r.lines[0] = line{pool: p, qty: l.Qty, state: LineWaiting}
@@ -319,7 +320,7 @@ func (m *Machine) closeDraw(p *Pool) {
 		p.waitq.push(r)
 	}
 	before := m.stats.Offers
-	m.serve(p, p.Config.HoldTTLMs)
+	m.serveQueue(p, p.Config.HoldTTLMs, false)
 	m.stats.DrawWinners += m.stats.Offers - before
 }
 
@@ -359,10 +360,26 @@ func boundedRand(rng *rand.ChaCha8, n uint64) uint64 {
 
 // serve offers units to p's queue head while the head's request fits; an
 // offer is an active reservation for ttl (capped by max_hold_ttl_ms).
-func (m *Machine) serve(p *Pool, ttl int64) {
+func (m *Machine) serve(p *Pool, ttl int64) { m.serveQueue(p, ttl, true) }
+
+// serveQueue serves p's queue. With touch, a head whose wait is over is
+// expired rather than served; a draw's close serves without it, because the
+// draw is decided as of closes_at, however late the close is applied.
+func (m *Machine) serveQueue(p *Pool, ttl int64, touch bool) {
 	for {
 		r := p.waitq.peek()
-		if r == nil || r.lines[0].qty > p.Available() {
+		if r == nil {
+			return
+		}
+		if touch && m.clockMs >= r.expiresAtMs {
+			// The touch rule: a head whose wait is over (not reclaimed yet
+			// in a backlog) expires now instead of being offered units.
+			m.stats.WaitsExpired++
+			m.stats.Expired++
+			m.leaveWait(r, StateExpired)
+			continue
+		}
+		if r.lines[0].qty > p.Available() {
 			return
 		}
 		m.grant(p, r.lines[0].qty, r) // while r is still the head
@@ -390,6 +407,11 @@ func (m *Machine) lookup(id uint64) (*reservation, *Error) {
 	r := m.res.get(id)
 	if r == nil {
 		return nil, errorf(NotFound, "no reservation %s", FormatReservationID(id))
+	}
+	// A draw entry touched after closes_at: the draw runs first, over every
+	// entry it had at closes_at, so what is touched is its outcome.
+	if p := r.lines[0].pool; r.where == waitInDraw && m.clockMs >= p.Config.Draw.ClosesAtMs {
+		m.closeDraw(p)
 	}
 	if !r.state.Terminal() && m.clockMs >= r.expiresAtMs {
 		m.expire(r)
@@ -488,18 +510,8 @@ func (m *Machine) expire(r *reservation) {
 // back (to the waitlist first), a waiting entry leaves its queue or draw.
 func (m *Machine) end(r *reservation, s ReservationState) {
 	if r.state == StateWaiting {
+		m.leaveWait(r, s)
 		p := r.lines[0].pool
-		switch r.where {
-		case waitInQueue:
-			p.waitq.remove(r)
-		case waitInDraw:
-			p.draw.entrants[r.ticket] = nil
-			delete(p.draw.byBuyer, r.buyer)
-		}
-		r.where = waitNone
-		m.subUsage(p, r.buyer, r.lines[0].qty)
-		r.lines[0].state = LineReturned
-		m.finish(r, s)
 		m.serve(p, p.Config.Waitlist.OfferTTLMs) // the head may have changed
 		return
 	}
@@ -517,6 +529,23 @@ func (m *Machine) end(r *reservation, s ReservationState) {
 	for i := range r.lines {
 		m.serve(r.lines[i].pool, r.lines[i].pool.Config.Waitlist.OfferTTLMs)
 	}
+}
+
+// leaveWait ends a waiting reservation: it leaves its queue or draw and its
+// qty stops counting against the buyer's limit. It does not serve.
+func (m *Machine) leaveWait(r *reservation, s ReservationState) {
+	p := r.lines[0].pool
+	switch r.where {
+	case waitInQueue:
+		p.waitq.remove(r)
+	case waitInDraw:
+		p.draw.entrants[r.ticket] = nil
+		delete(p.draw.byBuyer, r.buyer)
+	}
+	r.where = waitNone
+	m.subUsage(p, r.buyer, r.lines[0].qty)
+	r.lines[0].state = LineReturned
+	m.finish(r, s)
 }
 
 // finish moves a reservation to a terminal state and schedules when it is

@@ -75,11 +75,13 @@ func (m *Machine) schedule(r *reservation, dueMs int64) {
 	m.tableByID[r.table].wheel.Add(resKey(r.id), dueMs)
 }
 
-// unschedule removes r's deadline.
+// unschedule removes r's deadline. An emptied table is not dropped here
+// (a reclaim may still be walking its due keys): reclaim and retireTable
+// drop idle tables.
 func (m *Machine) unschedule(r *reservation) {
-	t := m.tableByID[r.table]
-	t.wheel.Cancel(resKey(r.id))
-	m.dropIfIdle(t)
+	if t := m.tableByID[r.table]; t != nil {
+		t.wheel.Cancel(resKey(r.id))
+	}
 }
 
 // deadline reports r's deadline (tests and invariant checks).
@@ -113,6 +115,11 @@ func (m *Machine) reclaim(t *leaseTable, max int) {
 			r := m.res.get(id)
 			if r == nil {
 				panic("allocator: a table holds a deadline for an unknown reservation")
+			}
+			if _, again := m.deadline(r); again {
+				// Handled earlier in this batch (an expiry served the
+				// queue, which ended r) and given a new deadline since.
+				continue
 			}
 			if r.state.Terminal() {
 				m.res.del(id)

@@ -7,22 +7,38 @@ package api_test
 //	go test ./api -run '^$' -bench BenchmarkHTTPReserve -benchtime 20000x
 //
 // b.N is the number of reservations (BenchmarkHTTPReserveConfirm: reserve +
-// confirm pairs), spread over the clients. Reported per run: reservations/s,
-// requests/s, p50/p99/p999/max request latency in ms, errors (answers other
-// than 201 for a reserve or 200 for a confirm, plus transport errors), and
-// the mean number of commands per Raft log entry. Each run starts a fresh
-// node and checks afterwards that the pools account for exactly the
-// acknowledged reservations (nothing oversold, nothing lost).
+// confirm pairs), spread over the clients; every request carries a distinct
+// buyer and Idempotency-Key. Each run starts a fresh node (Pebble log with
+// fsync, Raft over loopback TCP, the API on a real socket) and checks
+// afterwards that the pools account for exactly the acknowledged
+// reservations: nothing oversold, nothing lost.
 //
-// Knobs, for tuning experiments (environment variables; unset means the
-// default in parentheses):
+// Reported per run:
+//
+//	reservations/s, requests/s  successful reservations (201) and HTTP requests per second
+//	p50-ms p99-ms p999-ms max-ms client-observed latency of every request
+//	errors                      answers other than 201 (reserve) or 200 (confirm), and transport errors
+//	cmds/entry                  mean state machine commands per Raft log entry
+//	cpu-us/op                   process CPU (client and server together) per reservation
+//	other-cores                 cores other processes kept busy meanwhile: well above 0
+//	                            means a shared machine and figures not worth comparing
+//	retained-B/op               live heap left per reservation (reservations and
+//	                            idempotency records the allocator keeps for 24 h)
+//	GCs                         garbage collections during the run
+//
+// and logged: the distribution of commands per log entry and per FSM apply
+// batch (holdfast_raft_apply_batch_commands), and the server-side latency
+// from holdfast_raft_apply_seconds and holdfast_http_request_seconds.
+//
+// Knobs for tuning experiments (environment variables; the default in
+// parentheses):
 //
 //	HOLDFAST_BENCH_CLIENTS         concurrent clients (64)
 //	HOLDFAST_BENCH_POOLS           pools (1000)
 //	HOLDFAST_BENCH_IDEMPOTENCY     send an Idempotency-Key per POST: 1 or 0 (1)
-//	HOLDFAST_BENCH_MAX_BATCH_CMDS  raftstore.Config.MaxBatchCmds (raftstore default)
-//	HOLDFAST_BENCH_PIPELINES       raftstore.Config.Pipelines (raftstore default)
-//	HOLDFAST_BENCH_VERBOSE         1: log the per-entry batch distribution
+//	HOLDFAST_BENCH_MAX_BATCH_CMDS  raftstore.Config.MaxBatchCmds (raftstore's default)
+//	HOLDFAST_BENCH_PIPELINES       raftstore.Config.Pipelines (raftstore's default)
+//	HOLDFAST_BENCH_VERBOSE         1: log the distributions for runs under 1,000 ops too (0)
 
 import (
 	"bytes"
@@ -452,6 +468,7 @@ func benchHTTP(b *testing.B, confirm bool) {
 	// the Raft log cache and pooled buffers), and GC cycles during the run.
 	b.ReportMetric(float64(retained)/float64(max(reserved, 1)), "retained-B/op")
 	b.ReportMetric(float64(gcs), "GCs")
+	b.Logf("live heap %.1f MB before the run, %.1f MB after", float64(mem0.HeapAlloc)/(1<<20), float64(mem1.HeapAlloc)/(1<<20))
 
 	// Commands per log entry during the measured phase.
 	entries := n.counter.entries.Load() - entries0
