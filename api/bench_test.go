@@ -58,7 +58,6 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"github.com/valyala/fasthttp"
 
-	"github.com/holdfast/holdfast/allocator"
 	"github.com/holdfast/holdfast/api"
 	"github.com/holdfast/holdfast/engine"
 	"github.com/holdfast/holdfast/raftstore"
@@ -126,22 +125,41 @@ func (c *entryCounter) Apply(nowMs int64, cmds [][]byte) []any {
 	return c.Machine.Apply(nowMs, cmds)
 }
 
-// benchNode is a copy of testNode.start (harness_test.go) with the
-// raftstore.Config knobs exposed and one Prometheus registry shared by
-// raftstore and the API, so the batch histograms can be read back.
+// benchNode is a node started like testNode.start (harness_test.go) but
+// with the raftstore.Config knobs exposed and the engine wrapped in an
+// entryCounter. raftstore and the API share testNode.reg, from which the
+// batch and latency histograms are read back.
 type benchNode struct {
 	*testNode
 	counter *entryCounter
-	reg     *prometheus.Registry
+}
+
+// bigRunStopped is when the node of the last big run was stopped. fasthttp
+// keeps a shut-down server reachable, and through its handler the whole
+// node (allocator state included), until its worker pool's cleaner next
+// wakes up: up to 10 s (fasthttp's MaxIdleWorkerDuration) after Shutdown.
+var bigRunStopped time.Time
+
+// settle waits until the previous big run's node can be collected, so a
+// run neither spends its GC cycles marking the last run's heap nor sees it
+// freed midway (which would skew retained-B/op).
+func settle(b *testing.B) {
+	if bigRunStopped.IsZero() {
+		return
+	}
+	if d := 11*time.Second - time.Since(bigRunStopped); d > 0 {
+		b.Logf("waiting %v for the previous run's node to be released", d.Round(time.Millisecond))
+		time.Sleep(d)
+	}
 }
 
 func startBenchNode(b *testing.B, s benchSettings) *benchNode {
 	b.Helper()
+	settle(b)
 	n := &benchNode{
-		testNode: &testNode{id: "n1", dir: b.TempDir(), raftAddr: freeAddr(b), httpAddr: freeAddr(b)},
-		reg:      prometheus.NewRegistry(),
+		testNode: &testNode{id: "n1", dir: b.TempDir(), raftAddr: freeAddr(b), httpAddr: freeAddr(b), reg: prometheus.NewRegistry()},
 	}
-	n.machine = engine.New(allocator.Config{})
+	n.machine = engine.New(engine.Config{})
 	n.counter = &entryCounter{Machine: n.machine}
 	var err error
 	n.node, err = raftstore.Open(raftstore.Config{
@@ -159,9 +177,19 @@ func startBenchNode(b *testing.B, s benchSettings) *benchNode {
 		n.node.Close()
 		b.Fatalf("listen: %v", err)
 	}
-	n.srv = api.New(api.Config{Node: n.node, Alloc: n.machine.Alloc, Registry: n.reg, Logger: quietLogger(), RequestTimeout: 5 * time.Second})
+	n.srv = api.New(api.Config{Node: n.node, Alloc: n.machine.Alloc, Carts: n.machine, Registry: n.reg, Logger: quietLogger(), RequestTimeout: 5 * time.Second})
 	go n.srv.Serve(ln)
-	b.Cleanup(func() { n.stop(b) })
+	b.Cleanup(func() {
+		n.stop(b)
+		if b.N >= 1000 {
+			bigRunStopped = time.Now()
+		}
+		// testing keeps this closure reachable after it ran (B.cleanups is
+		// truncated, not cleared), and with -count the first B lives on:
+		// drop the node so it can be collected.
+		*n.testNode = testNode{}
+		*n = benchNode{}
+	})
 	waitLeader(b, []*testNode{n.testNode}, 10*time.Second)
 	return n
 }

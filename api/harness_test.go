@@ -14,7 +14,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/holdfast/holdfast/allocator"
 	"github.com/holdfast/holdfast/api"
 	"github.com/holdfast/holdfast/engine"
 	"github.com/holdfast/holdfast/raftstore"
@@ -51,7 +50,7 @@ func quietLogger() *slog.Logger {
 // start opens the node (again, if it was stopped) on its data directory.
 func (n *testNode) start(t testing.TB) {
 	t.Helper()
-	n.machine = engine.New(allocator.Config{})
+	n.machine = engine.New(engine.Config{})
 	n.reg = prometheus.NewRegistry()
 	var err error
 	n.node, err = raftstore.Open(raftstore.Config{
@@ -67,7 +66,7 @@ func (n *testNode) start(t testing.TB) {
 	if err != nil {
 		t.Fatalf("listen %s: %v", n.id, err)
 	}
-	n.srv = api.New(api.Config{Node: n.node, Alloc: n.machine.Alloc, Registry: n.reg, Logger: quietLogger(), RequestTimeout: 5 * time.Second})
+	n.srv = api.New(api.Config{Node: n.node, Alloc: n.machine.Alloc, Carts: n.machine, Registry: n.reg, Logger: quietLogger(), RequestTimeout: 5 * time.Second})
 	go n.srv.Serve(ln)
 }
 

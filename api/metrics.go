@@ -7,12 +7,17 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/holdfast/holdfast/allocator"
+	"github.com/holdfast/holdfast/cart"
 )
 
 type metrics struct {
 	requests     *prometheus.CounterVec
 	latency      *prometheus.HistogramVec
 	reservations *prometheus.CounterVec
+	merges       *prometheus.CounterVec
+	conflicts    prometheus.Counter
+	checkouts    *prometheus.CounterVec
+	corrections  prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer, alloc *allocator.Machine) *metrics {
@@ -31,8 +36,51 @@ func newMetrics(reg prometheus.Registerer, alloc *allocator.Machine) *metrics {
 			Help: "Reservation requests answered by this node, by outcome (held, queued, replayed, or the refusal code).",
 		}, []string{"outcome"}),
 	}
-	reg.MustRegister(m.requests, m.latency, m.reservations, &allocCollector{alloc: alloc})
+	m.merges = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "holdfast_cart_merge_lines_total",
+		Help: "Lines reported by cart merges answered by this node, by outcome class.",
+	}, []string{"outcome"})
+	m.conflicts = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "holdfast_cart_version_conflicts_total",
+		Help: "Cart edits refused for a stale cart or line version.",
+	})
+	m.checkouts = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "holdfast_checkout_starts_total",
+		Help: "Checkout starts answered by this node, by result (held, partial, or the refusal code).",
+	}, []string{"result"})
+	m.corrections = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "holdfast_checkout_corrections_total",
+		Help: "Checkout lines that could not be held (in a snapshot's corrections or a refusal's details).",
+	})
+	reg.MustRegister(m.requests, m.latency, m.reservations, m.merges, m.conflicts, m.checkouts, m.corrections, &allocCollector{alloc: alloc})
 	return m
+}
+
+func (m *metrics) cartResult(kind cart.Kind, r *cart.Result) {
+	if r.Replayed {
+		return
+	}
+	if r.Err != nil && r.Err.Code == allocator.VersionConflict {
+		m.conflicts.Inc()
+	}
+	switch kind {
+	case cart.KindMerge:
+		for i := range r.Report {
+			m.merges.WithLabelValues(r.Report[i].Outcome.String()).Inc()
+		}
+	case cart.KindCheckout:
+		result := "held"
+		corrections := len(r.Corrections)
+		switch {
+		case r.Err != nil:
+			result = r.Err.Code.String()
+		case r.Checkout != nil && len(r.Checkout.Corrections) > 0:
+			result = "partial"
+			corrections = len(r.Checkout.Corrections)
+		}
+		m.checkouts.WithLabelValues(result).Inc()
+		m.corrections.Add(float64(corrections))
+	}
 }
 
 func (m *metrics) observe(route string, status int, d time.Duration) {

@@ -45,6 +45,7 @@ type Node interface {
 type Config struct {
 	Node  Node
 	Alloc *allocator.Machine // local replica, read directly
+	Carts Carts              // local replica's carts, read directly
 	// Registry serves /metrics and receives the API's metrics; nil makes
 	// a private one.
 	Registry *prometheus.Registry
@@ -63,6 +64,7 @@ type Server struct {
 	cfg     Config
 	node    Node
 	alloc   *allocator.Machine
+	carts   Carts
 	log     *slog.Logger
 	metrics *metrics
 	promH   fasthttp.RequestHandler
@@ -88,6 +90,7 @@ func New(cfg Config) *Server {
 		cfg:     cfg,
 		node:    cfg.Node,
 		alloc:   cfg.Alloc,
+		carts:   cfg.Carts,
 		log:     cfg.Logger,
 		clients: make(map[string]*fasthttp.HostClient),
 	}
@@ -275,10 +278,62 @@ func (s *Server) match(ctx *fasthttp.RequestCtx) (*route, []string, *apiError) {
 			return notAllowed("POST")
 		}
 	}
+	if rt == nil && s.carts != nil {
+		rt, args = s.matchCarts(parts, m)
+		if rt != nil && rt.h == nil {
+			return notAllowed(rt.name)
+		}
+	}
 	if rt == nil {
 		return &route{name: "unmatched"}, nil, notFound("no such endpoint")
 	}
 	return rt, args, nil
+}
+
+// matchCarts routes /v1/carts and /v1/checkouts. A known path with the
+// wrong method returns a route without handler whose name is the Allow
+// value.
+func (s *Server) matchCarts(parts []string, m string) (*route, []string) {
+	w := func(name string, h func(*fasthttp.RequestCtx, []string) *apiError) *route {
+		return &route{name: name, write: true, h: h}
+	}
+	only := func(method, allow string, rt *route) *route {
+		if m != method {
+			return &route{name: allow}
+		}
+		return rt
+	}
+	switch {
+	case len(parts) == 2 && parts[1] == "carts":
+		return only("POST", "POST", w("create_cart", s.createCart)), nil
+	case len(parts) == 3 && parts[1] == "carts":
+		return only("GET", "GET", &route{name: "get_cart", h: s.getCart}), parts[2:]
+	case len(parts) == 4 && parts[1] == "carts":
+		switch parts[3] {
+		case "lines":
+			return only("POST", "POST", w("add_line", s.addLine)), parts[2:3]
+		case "merge":
+			return only("POST", "POST", w("merge", s.mergeCarts)), parts[2:3]
+		case "review":
+			return only("POST", "POST", w("review", s.reviewCart)), parts[2:3]
+		case "checkout":
+			return only("POST", "POST", w("checkout", s.startCheckout)), parts[2:3]
+		}
+	case len(parts) == 5 && parts[1] == "carts" && parts[3] == "lines":
+		args := []string{parts[2], parts[4]}
+		switch m {
+		case "PATCH":
+			return w("set_line", s.setLineQty), args
+		case "DELETE":
+			return w("delete_line", s.deleteLine), args
+		}
+		return &route{name: "PATCH, DELETE"}, nil
+	case len(parts) == 3 && parts[1] == "checkouts":
+		return only("GET", "GET", &route{name: "get_checkout", h: s.getCheckout}), parts[2:]
+	case len(parts) == 4 && parts[1] == "checkouts" && parts[3] == "confirm":
+		return only("POST", "POST", w("confirm_checkout", s.confirmCheckout)), parts[2:3]
+	}
+	return nil, nil
 }
 
 // ---- consistency, forwarding and proposing ----
@@ -296,6 +351,9 @@ func (s *Server) shouldForward(ctx *fasthttp.RequestCtx, rt *route) bool {
 	}
 	if !rt.write && s.stale(ctx) {
 		return false
+	}
+	if rt.name == "get_cart" && string(ctx.QueryArgs().Peek("consistency")) != "linearizable" {
+		return false // a cart page is answered locally unless it asks
 	}
 	return !s.node.IsLeader()
 }
@@ -364,17 +422,26 @@ func (s *Server) propose(ctx *fasthttp.RequestCtx, c *allocator.Command) (alloca
 	if e := idempotency(ctx, c); e != nil {
 		return allocator.Result{}, e
 	}
-	cctx, cancel := context.WithTimeout(context.Background(), s.cfg.RequestTimeout)
-	defer cancel()
-	res, err := s.node.Propose(cctx, c.AppendEncode(nil))
-	if err != nil {
-		return allocator.Result{}, s.replicationError(err)
+	res, e := s.replicate(c.AppendEncode(nil))
+	if e != nil {
+		return allocator.Result{}, e
 	}
 	r, ok := res.(allocator.Result)
 	if !ok {
 		return allocator.Result{}, &apiError{Status: fasthttp.StatusInternalServerError, Code: "internal", Message: "unexpected state machine result"}
 	}
 	return r, nil
+}
+
+// replicate proposes an encoded command and waits for its result.
+func (s *Server) replicate(cmd []byte) (any, *apiError) {
+	cctx, cancel := context.WithTimeout(context.Background(), s.cfg.RequestTimeout)
+	defer cancel()
+	res, err := s.node.Propose(cctx, cmd)
+	if err != nil {
+		return nil, s.replicationError(err)
+	}
+	return res, nil
 }
 
 func (s *Server) replicationError(err error) *apiError {

@@ -13,14 +13,23 @@ import (
 	"io"
 
 	"github.com/holdfast/holdfast/allocator"
+	"github.com/holdfast/holdfast/cart"
 	"github.com/holdfast/holdfast/raftstore"
 )
+
+// Config configures a Machine; zero values take each part's defaults.
+type Config struct {
+	Allocator allocator.Config
+	Carts     cart.Config
+}
 
 // Machine is a holdfast group's state machine.
 type Machine struct {
 	// Alloc is the allocator. Reads go to it directly; writes only through
 	// Apply.
 	Alloc *allocator.Machine
+	// Carts is the cart layer; its state is in the keyspace (see Cart).
+	Carts *cart.Machine
 
 	kv raftstore.KV
 
@@ -29,8 +38,8 @@ type Machine struct {
 }
 
 // New returns an empty Machine.
-func New(cfg allocator.Config) *Machine {
-	return &Machine{Alloc: allocator.New(cfg)}
+func New(cfg Config) *Machine {
+	return &Machine{Alloc: allocator.New(cfg.Allocator), Carts: cart.New(cfg.Carts)}
 }
 
 // OpenKV attaches the node's keyspace. What it holds from before a restart
@@ -48,22 +57,114 @@ func (m *Machine) OpenKV(kv raftstore.KV) error {
 // Apply applies the encoded commands of one log entry stamped by the leader
 // at nowMs and returns one result per command. A command that does not
 // decode is answered with invalid_argument on every replica alike.
+//
+// Commands are routed by their first byte: cart kinds to the cart layer,
+// the rest to the allocator, in log order. The cart layer's writes of the
+// whole entry go to the keyspace in one batch.
 func (m *Machine) Apply(nowMs int64, cmds [][]byte) []any {
-	m.cmds = m.cmds[:0]
-	for _, b := range cmds {
-		c, err := allocator.DecodeCommand(b)
-		if err != nil {
-			c = allocator.Command{} // kind 0: answered as an unknown command
+	out := make([]any, len(cmds))
+	// Every entry moves the allocator's clock and reclaims what fell due,
+	// even an entry of cart commands only (or none: a tick).
+	m.Alloc.Apply(nowMs, nil, nil)
+	var b raftstore.KVBatch
+	if m.kv != nil {
+		b = m.kv.Batch()
+		defer b.Close()
+	}
+	for i := 0; i < len(cmds); {
+		if isCart(cmds[i]) {
+			out[i] = m.applyCart(b, nowMs, cmds[i])
+			i++
+			continue
 		}
-		m.cmds = append(m.cmds, c)
+		// A run of allocator commands is applied in one call.
+		m.cmds = m.cmds[:0]
+		j := i
+		for ; j < len(cmds) && !isCart(cmds[j]); j++ {
+			c, err := allocator.DecodeCommand(cmds[j])
+			if err != nil {
+				c = allocator.Command{} // kind 0: answered as an unknown command
+			}
+			m.cmds = append(m.cmds, c)
+		}
+		m.results = m.Alloc.Apply(nowMs, m.cmds, m.results[:0])
+		for k := range m.results {
+			out[i+k] = m.results[k]
+		}
+		clear(m.cmds) // drop references to decoded strings
+		i = j
 	}
-	m.results = m.Alloc.Apply(nowMs, m.cmds, m.results[:0])
-	out := make([]any, len(m.results))
-	for i := range m.results {
-		out[i] = m.results[i]
+	if b != nil {
+		m.Carts.Tick(b, nowMs)
+		if err := b.Commit(); err != nil {
+			// A storage failure in apply cannot be answered to Raft: this
+			// replica stops rather than diverge (NOTES: raft FSM).
+			panic(fmt.Sprintf("engine: keyspace write failed: %v", err))
+		}
 	}
-	clear(m.cmds) // drop references to decoded strings
 	return out
+}
+
+func isCart(cmd []byte) bool {
+	return len(cmd) > 0 && cart.Kind(cmd[0]) >= cart.MinKind && cart.Kind(cmd[0]) <= cart.MaxKind
+}
+
+func (m *Machine) applyCart(b raftstore.KVBatch, nowMs int64, raw []byte) cart.Result {
+	if b == nil {
+		return cart.Result{Err: &allocator.Error{Code: allocator.InvalidState, Message: "carts need the node's keyspace"}}
+	}
+	c, err := cart.DecodeCommand(raw)
+	if err != nil {
+		return cart.Result{Err: &allocator.Error{Code: allocator.InvalidArgument, Message: "undecodable cart command"}}
+	}
+	return m.Carts.Apply(b, pools{a: m.Alloc, nowMs: nowMs}, nowMs, &c)
+}
+
+// pools gives the cart layer the allocator, inside the entry being applied.
+type pools struct {
+	a     *allocator.Machine
+	nowMs int64
+}
+
+func (p pools) PerBuyerLimit(pool string) (int64, bool) {
+	v, err := p.a.Pool(pool)
+	if err != nil {
+		return 0, false
+	}
+	return v.Config.PerBuyerLimit, true
+}
+
+func (p pools) Reserve(buyer string, lines []allocator.LineRequest, ttlMs int64, partial bool) allocator.Result {
+	c := allocator.Command{Kind: allocator.KindReserve, Buyer: buyer, Lines: lines, TTLMs: ttlMs, Partial: partial}
+	return p.a.Apply(p.nowMs, []allocator.Command{c}, nil)[0]
+}
+
+func (p pools) Confirm(id uint64) allocator.Result {
+	c := allocator.Command{Kind: allocator.KindConfirm, Reservation: id}
+	return p.a.Apply(p.nowMs, []allocator.Command{c}, nil)[0]
+}
+
+// readOnly adapts a keyspace reader to cart.Store for reads; the cart
+// layer's read functions never write.
+type readOnly struct{ raftstore.KVReader }
+
+func (readOnly) Set(_, _ []byte) { panic("engine: write through a read view") }
+func (readOnly) Delete([]byte)   { panic("engine: write through a read view") }
+
+// Cart reads a cart from this replica's committed state.
+func (m *Machine) Cart(id string) (*cart.Cart, *allocator.Error) {
+	if m.kv == nil {
+		return nil, &allocator.Error{Code: allocator.NotFound, Message: "no cart " + id}
+	}
+	return cart.Get(readOnly{m.kv}, id)
+}
+
+// Checkout reads a checkout snapshot from this replica's committed state.
+func (m *Machine) Checkout(id string) (*cart.Checkout, *allocator.Error) {
+	if m.kv == nil {
+		return nil, &allocator.Error{Code: allocator.NotFound, Message: "no checkout " + id}
+	}
+	return cart.GetCheckout(readOnly{m.kv}, id)
 }
 
 // ClockMs is the log clock of the last applied entry.

@@ -9,7 +9,7 @@ import (
 )
 
 func TestSnapshotRestoreWithKeyspace(t *testing.T) {
-	src := New(allocator.Config{})
+	src := New(Config{})
 	kv := newMemKV()
 	kv.m["stale"] = []byte("from before a restart")
 	if err := src.OpenKV(kv); err != nil {
@@ -36,7 +36,7 @@ func TestSnapshotRestoreWithKeyspace(t *testing.T) {
 	}
 	snap.Release()
 
-	dst := New(allocator.Config{})
+	dst := New(Config{})
 	dkv := newMemKV()
 	if err := dst.OpenKV(dkv); err != nil {
 		t.Fatal(err)
@@ -54,7 +54,7 @@ func TestSnapshotRestoreWithKeyspace(t *testing.T) {
 		t.Fatal("allocator differs after restore")
 	}
 	for i := range buf.Len() {
-		if err := New(allocator.Config{}).Restore(bytes.NewReader(buf.Bytes()[:i])); err == nil {
+		if err := New(Config{}).Restore(bytes.NewReader(buf.Bytes()[:i])); err == nil {
 			t.Fatalf("truncated snapshot (%d of %d bytes) restored", i, buf.Len())
 		}
 	}

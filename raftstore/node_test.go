@@ -28,7 +28,7 @@ func freeAddr(t *testing.T) string {
 // single opens a one-node group on dir and waits until it leads.
 func single(t *testing.T, dir, raftAddr string) (*raftstore.Node, *engine.Machine) {
 	t.Helper()
-	m := engine.New(allocator.Config{})
+	m := engine.New(engine.Config{})
 	n, err := raftstore.Open(raftstore.Config{
 		ID: "n1", DataDir: dir, RaftAddr: raftAddr, APIAddr: "127.0.0.1:1",
 		HeartbeatTimeout: 200 * time.Millisecond, ElectionTimeout: 200 * time.Millisecond,
@@ -174,7 +174,7 @@ func TestProposeAfterClose(t *testing.T) {
 
 // TestNowMsMonotonicAndOffset: stamps never go back and honour the offset.
 func TestNowMsMonotonicAndOffset(t *testing.T) {
-	m := engine.New(allocator.Config{})
+	m := engine.New(engine.Config{})
 	n, err := raftstore.Open(raftstore.Config{
 		ID: "n1", DataDir: t.TempDir(), RaftAddr: freeAddr(t), ClockOffset: time.Hour,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), RaftLog: io.Discard,

@@ -19,7 +19,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
-	"github.com/holdfast/holdfast/allocator"
 	"github.com/holdfast/holdfast/api"
 	"github.com/holdfast/holdfast/engine"
 	"github.com/holdfast/holdfast/raftstore"
@@ -124,7 +123,7 @@ func serve(args []string, stderr io.Writer) int {
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	machine := engine.New(allocator.Config{})
+	machine := engine.New(engine.Config{})
 	node, err := raftstore.Open(raftstore.Config{
 		ID: *id, DataDir: *dataDir, RaftAddr: *raftAddr, APIAddr: *httpAddr, Peers: peers,
 		ClockOffset: *clockOffset, Registerer: reg, Logger: log,
@@ -140,7 +139,7 @@ func serve(args []string, stderr io.Writer) int {
 		log.Error("cannot listen", "addr", *httpAddr, "err", err)
 		return 1
 	}
-	srv := api.New(api.Config{Node: node, Alloc: machine.Alloc, Registry: reg, Logger: log})
+	srv := api.New(api.Config{Node: node, Alloc: machine.Alloc, Carts: machine, Registry: reg, Logger: log})
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
 
