@@ -16,8 +16,8 @@ import (
 // errors. An empty body decodes as {}.
 func decodeStrict(body []byte, v any) *apiError {
 	trimmed := bytes.Trim(body, " \t\r\n") // JSON whitespace
-	if len(trimmed) == 0 {
-		body = []byte("{}")
+	if len(trimmed) == 0 || string(trimmed) == "{}" {
+		return nil // nothing to set: skip building a decoder (confirm, release)
 	} else if trimmed[0] != '{' {
 		return badRequest("malformed JSON: the body must be a JSON object")
 	}

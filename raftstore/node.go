@@ -50,8 +50,9 @@ type Config struct {
 	// default 512. MaxBatchBytes bounds its size; default 256 KiB.
 	MaxBatchCmds  int
 	MaxBatchBytes int
-	// Pipelines is how many entries may be in flight at once; Raft groups
-	// the in-flight entries into one fsync. Default 4.
+	// Pipelines is how many entries may be in flight at once. A batch is
+	// proposed at once when none is in flight, and otherwise only when it
+	// is full (group commit). Default 4.
 	Pipelines int
 	// TickInterval is how often the leader checks for due deadlines; it
 	// bounds expiry lag. Default 5ms.
@@ -267,10 +268,8 @@ func Open(cfg Config, sm StateMachine) (*Node, error) {
 		n.log.Info("bootstrapped cluster", "members", len(servers))
 	}
 	n.verify.raft = n.raft
-	for range cfg.Pipelines {
-		n.wg.Add(1)
-		go n.proposeLoop()
-	}
+	n.wg.Add(1)
+	go n.proposeLoop()
 	n.wg.Add(1)
 	go n.leaderLoop()
 	ok = true
@@ -351,59 +350,81 @@ func (n *Node) Propose(ctx context.Context, cmd []byte) (any, error) {
 	}
 }
 
-// proposeLoop coalesces queued proposals into one log entry and applies
-// it; Pipelines loops run at once so raft can share one fsync among them.
+// proposeLoop is group commit: it collects queued proposals into one log
+// entry. With nothing in flight a batch is proposed at once (an idle node
+// adds no latency); while entries are in flight it keeps filling the next
+// batch until one completes or the batch is full, so under load each fsync
+// carries many commands. At most Pipelines entries are in flight.
 func (n *Node) proposeLoop() {
 	defer n.wg.Done()
-	batch := make([]*proposal, 0, n.cfg.MaxBatchCmds)
-	var buf []byte
+	done := make(chan struct{}, n.cfg.Pipelines)
+	inflight := 0
+	var batch []*proposal
+	size := 0
 	for {
-		batch = batch[:0]
 		select {
 		case p := <-n.proposals:
 			batch = append(batch, p)
+			size += len(p.cmd)
+		fill:
+			for len(batch) < n.cfg.MaxBatchCmds && size < n.cfg.MaxBatchBytes {
+				select {
+				case p := <-n.proposals:
+					batch = append(batch, p)
+					size += len(p.cmd)
+				default:
+					break fill
+				}
+			}
+		case <-done:
+			inflight--
 		case <-n.closed:
+			for _, p := range batch {
+				p.done <- proposalResult{err: ErrClosed}
+			}
 			return
 		}
-		size := len(batch[0].cmd)
-	fill:
-		for len(batch) < n.cfg.MaxBatchCmds && size < n.cfg.MaxBatchBytes {
-			select {
-			case p := <-n.proposals:
-				batch = append(batch, p)
-				size += len(p.cmd)
-			default:
-				break fill
-			}
+		full := len(batch) >= n.cfg.MaxBatchCmds || size >= n.cfg.MaxBatchBytes
+		if len(batch) > 0 && (inflight == 0 || (full && inflight < n.cfg.Pipelines)) {
+			inflight++
+			n.wg.Add(1)
+			go n.commit(batch, done)
+			batch, size = nil, 0
 		}
-		buf = appendBatchHeader(buf[:0], n.NowMs(), len(batch))
-		for _, p := range batch {
-			buf = appendCmd(buf, p.cmd)
+	}
+}
+
+// commit proposes one batch as one log entry and hands each proposal its
+// result once the entry is committed and applied.
+func (n *Node) commit(batch []*proposal, done chan<- struct{}) {
+	defer n.wg.Done()
+	defer func() { done <- struct{}{} }()
+	buf := appendBatchHeader(make([]byte, 0, 64+len(batch)*64), n.NowMs(), len(batch))
+	for _, p := range batch {
+		buf = appendCmd(buf, p.cmd)
+	}
+	start := time.Now()
+	f := n.raft.Apply(buf, n.cfg.ApplyTimeout)
+	err := f.Error()
+	n.metrics.applySeconds.Observe(time.Since(start).Seconds())
+	var results []any
+	if err == nil {
+		switch r := f.Response().(type) {
+		case []any:
+			results = r
+		case error:
+			err = r
 		}
-		start := time.Now()
-		// raft keeps the slice until the entry is stored: give it its own.
-		f := n.raft.Apply(append([]byte(nil), buf...), n.cfg.ApplyTimeout)
-		err := f.Error()
-		n.metrics.applySeconds.Observe(time.Since(start).Seconds())
-		var results []any
-		if err == nil {
-			switch r := f.Response().(type) {
-			case []any:
-				results = r
-			case error:
-				err = r
-			}
-			if err == nil && len(results) != len(batch) {
-				err = fmt.Errorf("raftstore: %d results for %d commands", len(results), len(batch))
-			}
+		if err == nil && len(results) != len(batch) {
+			err = fmt.Errorf("raftstore: %d results for %d commands", len(results), len(batch))
 		}
-		err = mapRaftErr(err)
-		for i, p := range batch {
-			if err != nil {
-				p.done <- proposalResult{err: err}
-			} else {
-				p.done <- proposalResult{res: results[i]}
-			}
+	}
+	err = mapRaftErr(err)
+	for i, p := range batch {
+		if err != nil {
+			p.done <- proposalResult{err: err}
+		} else {
+			p.done <- proposalResult{res: results[i]}
 		}
 	}
 }
