@@ -244,6 +244,12 @@ func cartArg(args []string) (string, *apiError) {
 	if _, ok := cart.ParseCartID(args[0]); !ok {
 		return "", notFound("no cart " + strconv.Quote(args[0]))
 	}
+	// A line id that cannot exist is as unknown as any other: 404.
+	if len(args) > 1 {
+		if _, ok := cart.ParseLineID(args[1]); !ok {
+			return "", notFound("no line " + strconv.Quote(args[1]))
+		}
+	}
 	return args[0], nil
 }
 

@@ -409,6 +409,8 @@ func idempotency(ctx *fasthttp.RequestCtx, c *allocator.Command) *apiError {
 	h.Write(ctx.Method())
 	h.Write([]byte{' '})
 	h.Write(ctx.Path()) // decoded: a%2Fb and a%2fb are one request
+	h.Write([]byte{'?'})
+	h.Write(ctx.URI().QueryString()) // DELETE carries its line_version there
 	h.Write([]byte{'\n'})
 	h.Write(ctx.Request.Body())
 	var sum [sha256.Size]byte

@@ -114,6 +114,9 @@ func ParseCartID(s string) (uint64, bool) { return parseID(cartIDPrefix, s) }
 // ParseCheckoutID parses a checkout id.
 func ParseCheckoutID(s string) (uint64, bool) { return parseID(checkoutIDPrefix, s) }
 
+// ParseLineID parses a line id ("l_<hex>", canonical spelling only).
+func ParseLineID(s string) (uint64, bool) { return parseID(lineIDPrefix, s) }
+
 // meta holds the id counters.
 type meta struct {
 	carts, checkouts uint64
