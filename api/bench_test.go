@@ -280,7 +280,6 @@ type benchClient struct {
 	base string
 	req  *fasthttp.Request
 	resp *fasthttp.Response
-	buf  []byte
 }
 
 func newBenchClient(hc *fasthttp.HostClient, base string) *benchClient {

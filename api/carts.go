@@ -278,10 +278,14 @@ func (s *Server) getCart(ctx *fasthttp.RequestCtx, args []string) *apiError {
 	}
 	// A cart page never waits on the leader unless it asks to: contents
 	// come from this replica (their age is in as_of), like the claims.
-	if c := string(ctx.QueryArgs().Peek("consistency")); c == "linearizable" {
+	switch c := string(ctx.QueryArgs().Peek("consistency")); c {
+	case "", "stale":
+	case "linearizable":
 		if _, _, e := s.readBarrier(ctx); e != nil {
 			return e
 		}
+	default:
+		return badRequest(`consistency must be "linearizable" or "stale"`)
 	}
 	c, err := s.carts.Cart(id)
 	if err != nil {
