@@ -197,7 +197,7 @@ func (m *Machine) reserve(c *Command) Result {
 		m.stats.Reserved++
 		m.stats.ActiveHolds++
 	}
-	m.schedule(r, r.expiresAtMs)
+	m.scheduleNew(r, r.expiresAtMs)
 	return Result{Reservation: m.view(r)}
 }
 
@@ -294,7 +294,7 @@ func (m *Machine) enterDraw(c *Command, p *Pool) Result {
 	m.addUsage(p, c.Buyer, l.Qty)
 	m.active[c.Buyer]++
 	m.res.put(r)
-	m.schedule(r, r.expiresAtMs)
+	m.scheduleNew(r, r.expiresAtMs)
 	m.stats.DrawEntries++
 	return Result{Reservation: m.view(r)}
 }

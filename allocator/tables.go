@@ -75,6 +75,11 @@ func (m *Machine) schedule(r *reservation, dueMs int64) {
 	m.tableByID[r.table].wheel.Add(resKey(r.id), dueMs)
 }
 
+// scheduleNew sets the first deadline of a new reservation.
+func (m *Machine) scheduleNew(r *reservation, dueMs int64) {
+	m.tableByID[r.table].wheel.Insert(resKey(r.id), dueMs)
+}
+
 // unschedule removes r's deadline. An emptied table is not dropped here
 // (a reclaim may still be walking its due keys): reclaim and retireTable
 // drop idle tables.

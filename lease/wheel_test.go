@@ -495,3 +495,29 @@ func TestSlabReuse(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestInsertMatchesAdd(t *testing.T) {
+	a, b := NewWheel(0), NewWheel(0)
+	for k := uint64(1); k <= 1000; k++ {
+		due := int64(k*7919) % 5000
+		a.Add(k, due)
+		b.Insert(k, due)
+	}
+	ea := a.Advance(5000, 0, nil)
+	eb := b.Advance(5000, 0, nil)
+	if len(ea) != 1000 || len(ea) != len(eb) {
+		t.Fatalf("%d and %d expired, want 1000", len(ea), len(eb))
+	}
+	for i := range ea {
+		if ea[i] != eb[i] {
+			t.Fatalf("expiry %d: Add gave %+v, Insert %+v", i, ea[i], eb[i])
+		}
+	}
+	b.Insert(1, 10)
+	defer func() {
+		if recover() == nil {
+			t.Fatal("Insert of a scheduled key did not panic")
+		}
+	}()
+	b.Insert(1, 20)
+}
