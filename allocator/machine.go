@@ -193,6 +193,26 @@ func (m *Machine) Apply(nowMs int64, cmds []Command, out []Result) []Result {
 	return out
 }
 
+// Advance starts a log entry stamped by the leader at nowMs: it moves the
+// clock (once per entry: the step bound is per entry) and reclaims what
+// fell due. ApplyCommands then applies the entry's commands. Apply is the
+// two together.
+func (m *Machine) Advance(nowMs int64) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.advance(nowMs)
+}
+
+// ApplyCommands applies commands at the clock of the last Advance.
+func (m *Machine) ApplyCommands(cmds []Command, out []Result) []Result {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for i := range cmds {
+		out = append(out, m.applyOne(&cmds[i]))
+	}
+	return out
+}
+
 // advance moves the clock (monotonic, step-bounded) and reclaims a bounded
 // number of due deadlines per lease table in (due, key) order.
 func (m *Machine) advance(nowMs int64) {

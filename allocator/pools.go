@@ -39,6 +39,8 @@ func (c *PoolConfig) Validate() *Error {
 		return errorf(InvalidArgument, "draw.closes_at must be after draw.opens_at")
 	case c.Mode == ModeDraw && c.Draw.ClosesAtMs-c.Draw.OpensAtMs > MaxTTLMs:
 		return errorf(InvalidArgument, "a draw window is at most 30 days")
+	case c.Mode == ModeDraw && c.Draw.Seed == "":
+		return errorf(InvalidArgument, "a draw needs a seed (draw.seed)")
 	case len(c.Draw.Seed) > MaxIDLen:
 		return errorf(InvalidArgument, "draw.seed must be at most %d bytes", MaxIDLen)
 	case c.Waitlist.OfferTTLMs < MinTTLMs || c.Waitlist.OfferTTLMs > MaxTTLMs:

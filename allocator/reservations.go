@@ -19,6 +19,25 @@ type drawState struct {
 	byBuyer  map[string]*reservation
 }
 
+// compact drops withdrawn entries' slots once they are most of the list,
+// keeping entry order and renumbering tickets, so memory follows the live
+// entries however often buyers withdraw and re-enter.
+func (d *drawState) compact() {
+	dead := len(d.entrants) - len(d.byBuyer)
+	if dead < 1024 || dead < len(d.entrants)/2 {
+		return
+	}
+	live := d.entrants[:0]
+	for _, r := range d.entrants {
+		if r != nil {
+			r.ticket = uint64(len(live))
+			live = append(live, r)
+		}
+	}
+	clear(d.entrants[len(live):])
+	d.entrants = live
+}
+
 // tally accumulates what one request takes from each pool, so lines of one
 // reservation on the same pool are checked together (a bundle cannot
 // oversell). Requests have at most MaxLines lines: a linear scan is cheapest.
@@ -269,7 +288,10 @@ func (m *Machine) enterDraw(c *Command, p *Pool) Result {
 		m.recordDemand(p, true)
 		m.stats.Refused++
 		return Result{Err: &Error{Code: BuyerLimit, Message: "the buyer has too many active reservations", Lines: linesIn(c, LineBuyerLimit)}}
-	case len(p.draw.entrants) >= MaxWaiting:
+	case len(p.draw.byBuyer)+p.waitq.len() >= MaxWaiting:
+		// Live entries only (withdrawn ones do not count, so a replica
+		// restored without their slots answers alike), plus the queue the
+		// draw will join at its close.
 		m.recordDemand(p, true)
 		m.stats.Refused++
 		return Result{Err: &Error{Code: SoldOut, Message: "the draw is full", Lines: linesIn(c, LineSoldOut)}}
@@ -541,6 +563,7 @@ func (m *Machine) leaveWait(r *reservation, s ReservationState) {
 	case waitInDraw:
 		p.draw.entrants[r.ticket] = nil
 		delete(p.draw.byBuyer, r.buyer)
+		p.draw.compact()
 	}
 	r.where = waitNone
 	m.subUsage(p, r.buyer, r.lines[0].qty)

@@ -5,11 +5,12 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
+	"math"
 	"slices"
 )
 
 // snapshotVersion is the first byte of every snapshot.
-const snapshotVersion = 2
+const snapshotVersion = 3
 
 // Snapshot returns the canonical encoding of the whole state: the same state
 // gives the same bytes on every replica (every collection is written in
@@ -151,10 +152,14 @@ func appendResult(b []byte, r *Result) []byte {
 	if p := r.Pool; p != nil {
 		b = appendString(b, p.ID)
 		b = appendConfig(b, &p.Config)
-		for _, v := range [...]int64{p.Held, p.Sold, p.Available, p.CreatedAtMs, p.UpdatedAtMs} {
+		// Every field of the view: a replay after a restore must return the
+		// same object as the first answer.
+		for _, v := range [...]int64{p.Held, p.Sold, p.Available, p.CreatedAtMs, p.UpdatedAtMs, p.Waiting, p.WaitingQty, p.DrawEntries} {
 			b = binary.AppendVarint(b, v)
 		}
-		b = append(b, byte(p.Claim))
+		b = binary.AppendUvarint(b, math.Float64bits(p.RequestsPerSec))
+		b = binary.AppendUvarint(b, math.Float64bits(p.DenialsPerSec))
+		b = append(b, byte(p.Claim), byte(p.Heat), boolByte(p.DrawClosed))
 	}
 	b = append(b, boolByte(r.Reservation != nil))
 	if v := r.Reservation; v != nil {
@@ -205,10 +210,12 @@ func readResult(d *decoder) Result {
 	if d.byte() != 0 {
 		p := &PoolView{ID: d.string(MaxIDLen)}
 		readConfig(d, &p.Config)
-		for _, v := range [...]*int64{&p.Held, &p.Sold, &p.Available, &p.CreatedAtMs, &p.UpdatedAtMs} {
+		for _, v := range [...]*int64{&p.Held, &p.Sold, &p.Available, &p.CreatedAtMs, &p.UpdatedAtMs, &p.Waiting, &p.WaitingQty, &p.DrawEntries} {
 			*v = d.varint()
 		}
-		p.Claim = Claim(d.byte())
+		p.RequestsPerSec = math.Float64frombits(d.uvarint())
+		p.DenialsPerSec = math.Float64frombits(d.uvarint())
+		p.Claim, p.Heat, p.DrawClosed = Claim(d.byte()), Heat(d.byte()), d.byte() != 0
 		r.Pool = p
 	}
 	if d.byte() != 0 {

@@ -14,6 +14,8 @@ import (
 type Carts interface {
 	Cart(id string) (*cart.Cart, *allocator.Error)
 	Checkout(id string) (*cart.Checkout, *allocator.Error)
+	// Restoring reports a snapshot install in progress: local reads wait.
+	Restoring() bool
 }
 
 // ---- requests ----
@@ -287,6 +289,9 @@ func (s *Server) getCart(ctx *fasthttp.RequestCtx, args []string) *apiError {
 	default:
 		return badRequest(`consistency must be "linearizable" or "stale"`)
 	}
+	if s.carts.Restoring() {
+		return unavailable("this replica is installing a snapshot; retry")
+	}
 	c, err := s.carts.Cart(id)
 	if err != nil {
 		return fromDomain(err, nil)
@@ -466,6 +471,9 @@ func (s *Server) getCheckout(ctx *fasthttp.RequestCtx, args []string) *apiError 
 	}
 	if _, _, e := s.readBarrier(ctx); e != nil {
 		return e
+	}
+	if s.carts.Restoring() {
+		return unavailable("this replica is installing a snapshot; retry")
 	}
 	co, err := s.carts.Checkout(id)
 	if err != nil {

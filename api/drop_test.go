@@ -1,6 +1,8 @@
 package api_test
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"strings"
 	"testing"
@@ -44,12 +46,19 @@ func TestDropOverHTTP(t *testing.T) {
 	if p["claim"] != "confirm_at_checkout" || p["draw"].(map[string]any)["entries"] != 50.0 {
 		t.Fatalf("open draw pool: %v", p)
 	}
+	// While open the seed is only committed to, never shown.
+	if d := p["draw"].(map[string]any); d["seed"] != nil || d["seed_sha256"] != sha256hex("drop-1") {
+		t.Fatalf("open draw shows %v", d)
+	}
 
 	// No traffic: the leader's tick closes the draw.
 	time.Sleep(time.Until(closes) + 300*time.Millisecond)
 	p = do(t, "GET", n.url("/v1/pools/drop"), "").json(t)
 	if p["held"] != 10.0 || p["waitlist"].(map[string]any)["length"] != 40.0 || p["claim"] != "sold_out" || p["draw"].(map[string]any)["closed"] != true {
 		t.Fatalf("after the close: %v", p)
+	}
+	if p["draw"].(map[string]any)["seed"] != "drop-1" {
+		t.Fatalf("closed draw does not reveal its seed: %v", p["draw"])
 	}
 	var winners []string
 	positions := map[float64]string{}
@@ -93,4 +102,9 @@ func TestDropOverHTTP(t *testing.T) {
 			t.Fatalf("metrics lack %q", want)
 		}
 	}
+}
+
+func sha256hex(s string) string {
+	sum := sha256.Sum256([]byte(s))
+	return hex.EncodeToString(sum[:])
 }

@@ -2,6 +2,8 @@ package api
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -196,12 +198,17 @@ type waitlistJSON struct {
 	WaitTTLMs  int64 `json:"wait_ttl_ms"`
 }
 
+// drawOut shows a draw. While it is open only the seed's SHA-256 is shown
+// (a commitment): with the seed, anyone could compute the order from the
+// public entry count. After the close the seed is shown, so anyone can
+// verify the draw.
 type drawOut struct {
-	OpensAt  string `json:"opens_at"`
-	ClosesAt string `json:"closes_at"`
-	Seed     string `json:"seed"`
-	Entries  int64  `json:"entries"`
-	Closed   bool   `json:"closed"`
+	OpensAt    string `json:"opens_at"`
+	ClosesAt   string `json:"closes_at"`
+	Seed       string `json:"seed,omitempty"`
+	SeedSHA256 string `json:"seed_sha256"`
+	Entries    int64  `json:"entries"`
+	Closed     bool   `json:"closed"`
 }
 
 type demandJSON struct {
@@ -257,8 +264,12 @@ func poolOut(p *allocator.PoolView, asOfMs int64, consistency string) *poolJSON 
 		AsOf: formatTime(asOfMs), Consistency: consistency,
 	}
 	if c.Mode == allocator.ModeDraw {
-		out.Draw = &drawOut{OpensAt: formatTime(c.Draw.OpensAtMs), ClosesAt: formatTime(c.Draw.ClosesAtMs), Seed: c.Draw.Seed,
-			Entries: p.DrawEntries, Closed: p.DrawClosed}
+		sum := sha256.Sum256([]byte(c.Draw.Seed))
+		out.Draw = &drawOut{OpensAt: formatTime(c.Draw.OpensAtMs), ClosesAt: formatTime(c.Draw.ClosesAtMs),
+			SeedSHA256: hex.EncodeToString(sum[:]), Entries: p.DrawEntries, Closed: p.DrawClosed}
+		if p.DrawClosed {
+			out.Draw.Seed = c.Draw.Seed
+		}
 	}
 	return out
 }

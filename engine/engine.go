@@ -7,10 +7,12 @@ package engine
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
+	"sync/atomic"
 
 	"github.com/holdfast/holdfast/allocator"
 	"github.com/holdfast/holdfast/cart"
@@ -31,7 +33,8 @@ type Machine struct {
 	// Carts is the cart layer; its state is in the keyspace (see Cart).
 	Carts *cart.Machine
 
-	kv raftstore.KV
+	kv        raftstore.KV
+	restoring atomic.Bool // a snapshot is being installed: the keyspace is partial
 
 	cmds    []allocator.Command // scratch, reused across entries
 	results []allocator.Result
@@ -63,9 +66,11 @@ func (m *Machine) OpenKV(kv raftstore.KV) error {
 // whole entry go to the keyspace in one batch.
 func (m *Machine) Apply(nowMs int64, cmds [][]byte) []any {
 	out := make([]any, len(cmds))
-	// Every entry moves the allocator's clock and reclaims what fell due,
-	// even an entry of cart commands only (or none: a tick).
-	m.Alloc.Apply(nowMs, nil, nil)
+	// Every entry moves the allocator's clock once and reclaims what fell
+	// due, even an entry of cart commands only (or none: a tick). The cart
+	// layer runs on the same bounded, monotonic clock, not the raw stamp.
+	m.Alloc.Advance(nowMs)
+	clockMs := m.Alloc.ClockMs()
 	var b raftstore.KVBatch
 	if m.kv != nil {
 		b = m.kv.Batch()
@@ -73,7 +78,7 @@ func (m *Machine) Apply(nowMs int64, cmds [][]byte) []any {
 	}
 	for i := 0; i < len(cmds); {
 		if isCart(cmds[i]) {
-			out[i] = m.applyCart(b, nowMs, cmds[i])
+			out[i] = m.applyCart(b, clockMs, cmds[i])
 			i++
 			continue
 		}
@@ -87,7 +92,7 @@ func (m *Machine) Apply(nowMs int64, cmds [][]byte) []any {
 			}
 			m.cmds = append(m.cmds, c)
 		}
-		m.results = m.Alloc.Apply(nowMs, m.cmds, m.results[:0])
+		m.results = m.Alloc.ApplyCommands(m.cmds, m.results[:0])
 		for k := range m.results {
 			out[i+k] = m.results[k]
 		}
@@ -95,7 +100,7 @@ func (m *Machine) Apply(nowMs int64, cmds [][]byte) []any {
 		i = j
 	}
 	if b != nil {
-		m.Carts.Tick(b, nowMs)
+		m.Carts.Tick(b, clockMs)
 		if err := b.Commit(); err != nil {
 			// A storage failure in apply cannot be answered to Raft: this
 			// replica stops rather than diverge (NOTES: raft FSM).
@@ -109,7 +114,7 @@ func isCart(cmd []byte) bool {
 	return len(cmd) > 0 && cart.Kind(cmd[0]) >= cart.MinKind && cart.Kind(cmd[0]) <= cart.MaxKind
 }
 
-func (m *Machine) applyCart(b raftstore.KVBatch, nowMs int64, raw []byte) cart.Result {
+func (m *Machine) applyCart(b raftstore.KVBatch, clockMs int64, raw []byte) cart.Result {
 	if b == nil {
 		return cart.Result{Err: &allocator.Error{Code: allocator.InvalidState, Message: "carts need the node's keyspace"}}
 	}
@@ -117,14 +122,12 @@ func (m *Machine) applyCart(b raftstore.KVBatch, nowMs int64, raw []byte) cart.R
 	if err != nil {
 		return cart.Result{Err: &allocator.Error{Code: allocator.InvalidArgument, Message: "undecodable cart command"}}
 	}
-	return m.Carts.Apply(b, pools{a: m.Alloc, nowMs: nowMs}, nowMs, &c)
+	return m.Carts.Apply(b, pools{a: m.Alloc}, clockMs, &c)
 }
 
-// pools gives the cart layer the allocator, inside the entry being applied.
-type pools struct {
-	a     *allocator.Machine
-	nowMs int64
-}
+// pools gives the cart layer the allocator, inside the entry being applied
+// (after its Advance).
+type pools struct{ a *allocator.Machine }
 
 func (p pools) PerBuyerLimit(pool string) (int64, bool) {
 	v, err := p.a.Pool(pool)
@@ -136,12 +139,12 @@ func (p pools) PerBuyerLimit(pool string) (int64, bool) {
 
 func (p pools) Reserve(buyer string, lines []allocator.LineRequest, ttlMs int64, partial bool) allocator.Result {
 	c := allocator.Command{Kind: allocator.KindReserve, Buyer: buyer, Lines: lines, TTLMs: ttlMs, Partial: partial}
-	return p.a.Apply(p.nowMs, []allocator.Command{c}, nil)[0]
+	return p.a.ApplyCommands([]allocator.Command{c}, nil)[0]
 }
 
 func (p pools) Confirm(id uint64) allocator.Result {
 	c := allocator.Command{Kind: allocator.KindConfirm, Reservation: id}
-	return p.a.Apply(p.nowMs, []allocator.Command{c}, nil)[0]
+	return p.a.ApplyCommands([]allocator.Command{c}, nil)[0]
 }
 
 // readOnly adapts a keyspace reader to cart.Store for reads; the cart
@@ -247,12 +250,32 @@ func (m *Machine) Restore(r io.Reader) error {
 	if err != nil || n > 1<<40 {
 		return fmt.Errorf("%w: allocator length", errCorrupt)
 	}
-	if err := m.Alloc.Restore(io.LimitReader(br, int64(n))); err != nil {
-		return err
+	// The allocator's part is held until the keyspace is complete, so the
+	// two are swapped in together; reads of the keyspace answer
+	// "restoring" meanwhile.
+	alloc := make([]byte, n)
+	if _, err := io.ReadFull(br, alloc); err != nil {
+		return fmt.Errorf("%w: allocator: %v", errCorrupt, err)
 	}
 	if m.kv == nil {
-		return expectEnd(br)
+		if err := expectEnd(br); err != nil {
+			return err
+		}
+		return m.Alloc.Restore(bytes.NewReader(alloc))
 	}
+	m.restoring.Store(true)
+	defer m.restoring.Store(false)
+	if err := m.restoreKeyspace(br); err != nil {
+		return err
+	}
+	return m.Alloc.Restore(bytes.NewReader(alloc))
+}
+
+// Restoring reports whether a snapshot is being installed: the keyspace
+// is then partial and reads of it must wait.
+func (m *Machine) Restoring() bool { return m.restoring.Load() }
+
+func (m *Machine) restoreKeyspace(br *bufio.Reader) error {
 	b := m.kv.Batch()
 	b.DeleteAll()
 	for {

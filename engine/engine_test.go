@@ -3,9 +3,11 @@ package engine
 import (
 	"bytes"
 	"maps"
+	"strconv"
 	"testing"
 
 	"github.com/holdfast/holdfast/allocator"
+	"github.com/holdfast/holdfast/cart"
 )
 
 func TestSnapshotRestoreWithKeyspace(t *testing.T) {
@@ -56,6 +58,45 @@ func TestSnapshotRestoreWithKeyspace(t *testing.T) {
 	for i := range buf.Len() {
 		if err := New(Config{}).Restore(bytes.NewReader(buf.Bytes()[:i])); err == nil {
 			t.Fatalf("truncated snapshot (%d of %d bytes) restored", i, buf.Len())
+		}
+	}
+}
+
+// TestOneClockStepPerEntry: an entry of interleaved allocator and cart
+// commands moves the clock once, by at most MaxClockStepMs, and the cart
+// layer runs on that clock, not on the raw leader stamp.
+func TestOneClockStepPerEntry(t *testing.T) {
+	m := New(Config{Allocator: allocator.Config{MaxClockStepMs: 1000}})
+	if err := m.OpenKV(newMemKV()); err != nil {
+		t.Fatal(err)
+	}
+	put := allocator.Command{Kind: allocator.KindPutPool, Pool: "p", Config: allocator.DefaultPoolConfig(100)}
+	m.Apply(1_000_000, [][]byte{put.AppendEncode(nil)})
+	var cmds [][]byte
+	for i := range 50 {
+		if i%2 == 0 {
+			c := allocator.Command{Kind: allocator.KindReserve, Buyer: "b" + strconv.Itoa(i), Lines: []allocator.LineRequest{{Pool: "p", Qty: 1}}}
+			cmds = append(cmds, c.AppendEncode(nil))
+		} else {
+			c := cart.Command{Kind: cart.KindCreate, Owner: "anon:" + strconv.Itoa(i)}
+			cmds = append(cmds, c.AppendEncode(nil))
+		}
+	}
+	// A leader stamp a day ahead.
+	out := m.Apply(1_000_000+86_400_000, cmds)
+	if got := m.Alloc.ClockMs(); got != 1_001_000 {
+		t.Fatalf("clock %d after one entry, want 1001000 (one step)", got)
+	}
+	for i, r := range out {
+		switch v := r.(type) {
+		case allocator.Result:
+			if v.Err != nil || v.Reservation.CreatedAtMs != 1_001_000 {
+				t.Fatalf("command %d: %+v", i, v)
+			}
+		case cart.Result:
+			if v.Err != nil || v.Cart.CreatedAtMs != 1_001_000 {
+				t.Fatalf("command %d: cart on clock %d, err %v", i, v.Cart.CreatedAtMs, v.Err)
+			}
 		}
 	}
 }

@@ -147,8 +147,9 @@ type Node struct {
 	barrierTerm atomic.Uint64
 
 	lastStamp atomic.Int64
+	clockMu   sync.Mutex
 	clockBase time.Time // carries a monotonic reading
-	baseMs    int64
+	baseMs    int64     // cluster time at clockBase
 
 	tickInFlight atomic.Bool
 	closed       chan struct{}
@@ -287,11 +288,27 @@ func (noFastPath) SetHeartbeatHandler(func(raft.RPC)) {}
 // ID is this node's id.
 func (n *Node) ID() string { return n.cfg.ID }
 
-// NowMs is this node's timestamp for log entries: wall time at start plus
-// monotonic time since, so a wall clock step after start does not move it,
-// and never smaller than a stamp it gave before.
+// catchUpPerMille bounds how much faster than real time cluster time may
+// run while it is behind this node's wall clock: a leader whose wall clock
+// is ahead can make a hold expire at most 1% early.
+const catchUpPerMille = 10
+
+// NowMs is this node's timestamp for log entries: cluster time. A node that
+// takes leadership continues from the log clock (the wall clock only on a
+// fresh cluster) and advances with its monotonic clock, so neither a wall
+// clock step nor a wrong wall clock on a new leader moves log time; while
+// behind the wall clock it catches up at most catchUpPerMille faster than
+// real time (after a full-cluster outage). Never smaller than a stamp it
+// gave before.
 func (n *Node) NowMs() int64 {
-	now := n.baseMs + time.Since(n.clockBase).Milliseconds()
+	n.clockMu.Lock()
+	base, start := n.baseMs, n.clockBase
+	n.clockMu.Unlock()
+	elapsed := time.Since(start).Milliseconds()
+	now := base + elapsed
+	if gap := n.wallMs() - now; gap > 0 {
+		now += min(gap, elapsed*catchUpPerMille/1000)
+	}
 	for {
 		last := n.lastStamp.Load()
 		if now <= last {
@@ -301,6 +318,21 @@ func (n *Node) NowMs() int64 {
 			return now
 		}
 	}
+}
+
+func (n *Node) wallMs() int64 { return time.Now().Add(n.cfg.ClockOffset).UnixMilli() }
+
+// takeClock starts this node's cluster time on taking leadership: from the
+// log clock, never below a stamp it gave before.
+func (n *Node) takeClock() {
+	base := n.sm.ClockMs()
+	if base == 0 {
+		base = n.wallMs() // a fresh cluster: nothing to continue from
+	}
+	base = max(base, n.lastStamp.Load())
+	n.clockMu.Lock()
+	n.baseMs, n.clockBase = base, time.Now()
+	n.clockMu.Unlock()
 }
 
 // IsLeader reports whether this node currently believes it leads.
@@ -362,8 +394,15 @@ func (n *Node) proposeLoop() {
 	var batch []*proposal
 	size := 0
 	for {
+		// A full batch with every pipeline busy takes nothing more: the
+		// proposals wait in the channel, so an entry stays within
+		// MaxBatchCmds and MaxBatchBytes.
+		in := n.proposals
+		if len(batch) >= n.cfg.MaxBatchCmds || size >= n.cfg.MaxBatchBytes {
+			in = nil
+		}
 		select {
-		case p := <-n.proposals:
+		case p := <-in:
 			batch = append(batch, p)
 			size += len(p.cmd)
 		fill:
@@ -452,7 +491,7 @@ func (n *Node) leaderLoop() {
 	defer n.wg.Done()
 	t := time.NewTicker(n.cfg.TickInterval)
 	defer t.Stop()
-	var announcedTerm uint64
+	var announcedTerm, clockTerm uint64
 	for {
 		select {
 		case <-n.closed:
@@ -463,6 +502,10 @@ func (n *Node) leaderLoop() {
 			continue
 		}
 		if term := n.raft.CurrentTerm(); term != announcedTerm {
+			if term != clockTerm {
+				n.takeClock()
+				clockTerm = term
+			}
 			if n.raft.Apply(encodeMember(n.cfg.ID, n.cfg.APIAddr), n.cfg.ApplyTimeout).Error() == nil {
 				announcedTerm = term
 				n.log.Info("leading", "term", term)

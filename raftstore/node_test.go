@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"sync"
 	"testing"
 	"time"
 
@@ -193,5 +194,94 @@ func TestNowMsMonotonicAndOffset(t *testing.T) {
 			t.Fatalf("NowMs went back: %d -> %d", last, now)
 		}
 		last = now
+	}
+}
+
+// countingSM records the largest entry it was given.
+type countingSM struct {
+	*engine.Machine
+	mu      sync.Mutex
+	maxCmds int
+}
+
+func (c *countingSM) Apply(nowMs int64, cmds [][]byte) []any {
+	c.mu.Lock()
+	c.maxCmds = max(c.maxCmds, len(cmds))
+	c.mu.Unlock()
+	return c.Machine.Apply(nowMs, cmds)
+}
+
+// TestGroupCommitBoundsEntries: however many proposals queue up, one log
+// entry carries at most MaxBatchCmds commands.
+func TestGroupCommitBoundsEntries(t *testing.T) {
+	sm := &countingSM{Machine: engine.New(engine.Config{})}
+	n, err := raftstore.Open(raftstore.Config{
+		ID: "n1", DataDir: t.TempDir(), RaftAddr: freeAddr(t), MaxBatchCmds: 8, Pipelines: 1,
+		HeartbeatTimeout: 200 * time.Millisecond, ElectionTimeout: 200 * time.Millisecond, LeaderLeaseTimeout: 100 * time.Millisecond,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), RaftLog: io.Discard,
+	}, sm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	for deadline := time.Now().Add(10 * time.Second); !n.IsLeader(); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("no leader")
+		}
+	}
+	tick := allocator.Command{Kind: allocator.KindTick}
+	var wg sync.WaitGroup
+	for range 2000 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, err := n.Propose(context.Background(), tick.AppendEncode(nil)); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	sm.mu.Lock()
+	defer sm.mu.Unlock()
+	if sm.maxCmds > 8 || sm.maxCmds < 2 {
+		t.Fatalf("largest entry carried %d commands, want 2..8 (batched, bounded)", sm.maxCmds)
+	}
+}
+
+// TestLeaderClockContinuesFromLog: a node that takes leadership with its
+// wall clock an hour ahead stamps entries from the log clock (cluster
+// time), so its holds do not expire early; it converges toward its wall
+// clock at most 1% faster than real time.
+func TestLeaderClockContinuesFromLog(t *testing.T) {
+	dir, addr := t.TempDir(), freeAddr(t)
+	n, m := single(t, dir, addr)
+	propose(t, n, allocator.Command{Kind: allocator.KindPutPool, Pool: "p", Config: allocator.DefaultPoolConfig(10)})
+	logClock := m.ClockMs()
+	n.Close()
+
+	m2 := engine.New(engine.Config{})
+	n2, err := raftstore.Open(raftstore.Config{
+		ID: "n1", DataDir: dir, RaftAddr: addr, APIAddr: "127.0.0.1:1", ClockOffset: time.Hour,
+		HeartbeatTimeout: 200 * time.Millisecond, ElectionTimeout: 200 * time.Millisecond, LeaderLeaseTimeout: 100 * time.Millisecond,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), RaftLog: io.Discard,
+	}, m2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n2.Close()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		if _, _, ok := n2.Leader(); ok && n2.IsLeader() {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no leader")
+		}
+	}
+	r := propose(t, n2, allocator.Command{Kind: allocator.KindReserve, Buyer: "b", TTLMs: 60_000, Lines: []allocator.LineRequest{{Pool: "p", Qty: 1}}})
+	if r.Err != nil {
+		t.Fatal(r.Err)
+	}
+	if skew := r.Reservation.CreatedAtMs - logClock; skew > 60_000 || skew < 0 {
+		t.Fatalf("hold stamped %d ms after the last log time; the new leader's hour-ahead wall clock leaked in", skew)
 	}
 }
