@@ -20,6 +20,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/holdfast/holdfast/api"
+	"github.com/holdfast/holdfast/bench"
+	"github.com/holdfast/holdfast/bench/peers"
 	"github.com/holdfast/holdfast/engine"
 	"github.com/holdfast/holdfast/raftstore"
 )
@@ -43,8 +45,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stdout, "holdfast", version)
 		return 0
 	case "bench":
-		fmt.Fprintln(stderr, "holdfast bench: the load harness is not part of this build yet")
-		return 2
+		return bench.Main(args[1:], benchTargets(), stdout, stderr)
 	case "help", "-h", "--help":
 		usage(stdout)
 		return 0
@@ -60,6 +61,16 @@ func usage(w io.Writer) {
   holdfast bench SCENARIO [flags]
   holdfast version
 `)
+}
+
+// benchTargets are the peer systems the load harness can run against,
+// beside its built-in holdfast (http://) and no-op (noop://) targets.
+func benchTargets() bench.Registry {
+	reg := bench.Registry{}
+	reg.RegisterTarget("redis", peers.OpenRedis)
+	reg.RegisterTarget("postgres", peers.OpenPostgres)
+	reg.RegisterTarget("postgresql", peers.OpenPostgres)
+	return reg
 }
 
 // parsePeers parses "n1=host:port,n2=host:port".
