@@ -4,7 +4,7 @@ BIN     := bin/holdfast
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: all build run test vet fmt-check bench fuzz clean
+.PHONY: all build run test vet fmt-check bench bench-compare bench-peers fuzz clean
 
 all: build
 
@@ -32,6 +32,16 @@ fmt-check:
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./lease/ ./allocator/ ./raftstore/...
 	$(GO) test -run '^$$' -bench . -benchtime 20000x ./api/
+
+# holdfast (3 nodes) against Redis+Lua and PostgreSQL on drop and retail,
+# with the no-op ceiling: installs and starts the peers from Debian's
+# packages if needed (scripts/peers-up.sh). DURATION per target.
+bench-compare:
+	DURATION=$(or $(DURATION),30s) scripts/bench-compare.sh
+
+# The peers' own tests against real throwaway servers.
+bench-peers:
+	$(GO) test -tags peers -count=1 ./bench/peers
 
 # Short fuzzing runs of every fuzz target (FUZZTIME each).
 FUZZTIME ?= 30s

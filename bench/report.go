@@ -267,14 +267,27 @@ func (r *Report) WriteTable(w io.Writer) {
 	if len(r.Targets) > 1 {
 		fmt.Fprintln(w, "\nsummary (all operations):")
 		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-		fmt.Fprintln(tw, "target\tops\tops/s\tpeak ops/s\tp50 ms\tp99 ms\tp99.9 ms\tmax ms\tfailed\tchecks\t")
+		// The ratio column compares each target with the first holdfast
+		// target of the run (same run, same machine): holdfast's peak
+		// ops/s divided by the target's.
+		var ref float64
+		for _, t := range r.Targets {
+			if strings.HasPrefix(t.Target, "holdfast") && t.PeakPerSec > 0 && ref == 0 {
+				ref = t.PeakPerSec
+			}
+		}
+		fmt.Fprintln(tw, "target\tops\tops/s\tpeak ops/s\tholdfast x\tp50 ms\tp99 ms\tp99.9 ms\tmax ms\tfailed\tchecks\t")
 		for _, t := range r.Targets {
 			if t.Skipped != "" || len(t.Ops) == 0 {
-				fmt.Fprintf(tw, "%s\t-\t-\t-\t-\t-\t-\t-\t-\t%s\t\n", t.Target, firstNonEmpty(t.Skipped, t.Error, "-"))
+				fmt.Fprintf(tw, "%s\t-\t-\t-\t-\t-\t-\t-\t-\t-\t%s\t\n", t.Target, firstNonEmpty(t.Skipped, t.Error, "-"))
 				continue
 			}
+			ratio := "-"
+			if ref > 0 && t.PeakPerSec > 0 {
+				ratio = fmt.Sprintf("%.2f", ref/t.PeakPerSec)
+			}
 			o := t.Total
-			fmt.Fprintf(tw, "%s\t%d\t%.0f\t%.0f\t%.2f\t%.2f\t%.2f\t%.2f\t%d\t%s\t\n", t.Target, o.Count, o.PerSec, t.PeakPerSec, o.P50, o.P99, o.P999, o.Max, o.Outcomes["failed"], checksText(t.Checks))
+			fmt.Fprintf(tw, "%s\t%d\t%.0f\t%.0f\t%s\t%.2f\t%.2f\t%.2f\t%.2f\t%d\t%s\t\n", t.Target, o.Count, o.PerSec, t.PeakPerSec, ratio, o.P50, o.P99, o.P999, o.Max, o.Outcomes["failed"], checksText(t.Checks))
 		}
 		tw.Flush()
 	}

@@ -175,7 +175,8 @@ func serve(args []string, stderr io.Writer) int {
 		}
 	}
 	ready.Stop()
-	log.Info("holdfast ready", "id", *id, "http", *httpAddr, "raft", *raftAddr, "version", version)
+	// The contract's readiness line: printed whatever the log level.
+	fmt.Fprintf(stderr, "holdfast ready id=%s http=%s raft=%s version=%s\n", *id, *httpAddr, *raftAddr, version)
 
 	select {
 	case s := <-sig:
