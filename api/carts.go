@@ -294,6 +294,11 @@ func (s *Server) getCart(ctx *fasthttp.RequestCtx, args []string) *apiError {
 	}
 	c, err := s.carts.Cart(id)
 	if err != nil {
+		// A cart just created through another node may not have reached
+		// this replica yet: a miss on a follower asks the leader.
+		if err.Code == allocator.NotFound && !s.node.IsLeader() {
+			return s.forward(ctx)
+		}
 		return fromDomain(err, nil)
 	}
 	out := cartOut(c)
