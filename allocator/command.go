@@ -4,6 +4,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+
+	"github.com/holdfast/holdfast/internal/wire"
 )
 
 // Kind is the type of a command. Kinds 1-63 belong to the allocator; a
@@ -84,12 +86,12 @@ func (c *Command) AppendEncode(dst []byte) []byte {
 	}
 	dst = append(dst, byte(c.Kind), flags)
 	if c.IdemKey != "" {
-		dst = appendString(dst, c.IdemKey)
+		dst = wire.AppendString(dst, c.IdemKey)
 		dst = append(dst, c.ReqHash[:]...)
 	}
 	switch c.Kind {
 	case KindPutPool:
-		dst = appendString(dst, c.Pool)
+		dst = wire.AppendString(dst, c.Pool)
 		cfg := &c.Config
 		dst = binary.AppendVarint(dst, cfg.OnHand)
 		dst = binary.AppendVarint(dst, cfg.PerBuyerLimit)
@@ -99,21 +101,21 @@ func (c *Command) AppendEncode(dst []byte) []byte {
 		dst = append(dst, byte(cfg.Mode))
 		dst = binary.AppendVarint(dst, cfg.Draw.OpensAtMs)
 		dst = binary.AppendVarint(dst, cfg.Draw.ClosesAtMs)
-		dst = appendString(dst, cfg.Draw.Seed)
+		dst = wire.AppendString(dst, cfg.Draw.Seed)
 		dst = binary.AppendVarint(dst, cfg.Waitlist.OfferTTLMs)
 		dst = binary.AppendVarint(dst, cfg.Waitlist.WaitTTLMs)
 		for _, v := range [...]int64{cfg.Demand.WarmRPS, cfg.Demand.HotRPS, cfg.Demand.LowStockUnits, cfg.Demand.LowStockPercent, cfg.Demand.HorizonMs} {
 			dst = binary.AppendVarint(dst, v)
 		}
 	case KindAdjustPool:
-		dst = appendString(dst, c.Pool)
+		dst = wire.AppendString(dst, c.Pool)
 		dst = binary.AppendVarint(dst, c.Delta)
 	case KindReserve:
-		dst = appendString(dst, c.Buyer)
+		dst = wire.AppendString(dst, c.Buyer)
 		dst = binary.AppendVarint(dst, c.TTLMs)
 		dst = binary.AppendUvarint(dst, uint64(len(c.Lines)))
 		for _, l := range c.Lines {
-			dst = appendString(dst, l.Pool)
+			dst = wire.AppendString(dst, l.Pool)
 			dst = binary.AppendVarint(dst, l.Qty)
 		}
 	case KindConfirm, KindRelease:
@@ -129,139 +131,68 @@ func (c *Command) AppendEncode(dst []byte) []byte {
 // DecodeCommand decodes one command. It never panics: any input that is
 // not exactly one well-formed command gives an error wrapping ErrCorrupt.
 func DecodeCommand(b []byte) (Command, error) {
-	d := decoder{b: b}
+	d := wire.NewDecoder(b, ErrCorrupt)
 	var c Command
-	c.Kind = Kind(d.byte())
-	flags := d.byte()
+	c.Kind = Kind(d.Byte())
+	flags := d.Byte()
 	if flags&^(flagIdem|flagPartial|flagWait|flagWaitOn) != 0 {
 		return Command{}, fmt.Errorf("%w: unknown flags %#x", ErrCorrupt, flags)
 	}
 	if flags&flagIdem != 0 {
-		c.IdemKey = d.string(MaxIDLen)
+		c.IdemKey = d.String(MaxIDLen)
 		if c.IdemKey == "" {
-			d.fail("empty idempotency key")
+			d.Fail("empty idempotency key")
 		}
-		d.bytes(c.ReqHash[:])
+		d.Bytes(c.ReqHash[:])
 	}
 	c.Partial = flags&flagPartial != 0
 	c.Wait = flags&flagWait != 0
 	switch c.Kind {
 	case KindPutPool:
-		c.Pool = d.string(MaxIDLen)
+		c.Pool = d.String(MaxIDLen)
 		cfg := &c.Config
-		cfg.OnHand = d.varint()
-		cfg.PerBuyerLimit = d.varint()
-		cfg.HoldTTLMs = d.varint()
-		cfg.MaxHoldTTLMs = d.varint()
-		cfg.MaxExtensions = d.varint()
-		cfg.Mode = Mode(d.byte())
-		cfg.Draw.OpensAtMs = d.varint()
-		cfg.Draw.ClosesAtMs = d.varint()
-		cfg.Draw.Seed = d.string(MaxIDLen)
+		cfg.OnHand = d.Varint()
+		cfg.PerBuyerLimit = d.Varint()
+		cfg.HoldTTLMs = d.Varint()
+		cfg.MaxHoldTTLMs = d.Varint()
+		cfg.MaxExtensions = d.Varint()
+		cfg.Mode = Mode(d.Byte())
+		cfg.Draw.OpensAtMs = d.Varint()
+		cfg.Draw.ClosesAtMs = d.Varint()
+		cfg.Draw.Seed = d.String(MaxIDLen)
 		cfg.Waitlist.Enabled = flags&flagWaitOn != 0
-		cfg.Waitlist.OfferTTLMs = d.varint()
-		cfg.Waitlist.WaitTTLMs = d.varint()
+		cfg.Waitlist.OfferTTLMs = d.Varint()
+		cfg.Waitlist.WaitTTLMs = d.Varint()
 		for _, v := range [...]*int64{&cfg.Demand.WarmRPS, &cfg.Demand.HotRPS, &cfg.Demand.LowStockUnits, &cfg.Demand.LowStockPercent, &cfg.Demand.HorizonMs} {
-			*v = d.varint()
+			*v = d.Varint()
 		}
 	case KindAdjustPool:
-		c.Pool = d.string(MaxIDLen)
-		c.Delta = d.varint()
+		c.Pool = d.String(MaxIDLen)
+		c.Delta = d.Varint()
 	case KindReserve:
-		c.Buyer = d.string(MaxIDLen)
-		c.TTLMs = d.varint()
-		n := d.uvarint()
+		c.Buyer = d.String(MaxIDLen)
+		c.TTLMs = d.Varint()
+		n := d.Uvarint()
 		if n > MaxLines {
-			d.fail("too many lines")
+			d.Fail("too many lines")
 			break
 		}
 		c.Lines = make([]LineRequest, n)
 		for i := range c.Lines {
-			c.Lines[i].Pool = d.string(MaxIDLen)
-			c.Lines[i].Qty = d.varint()
+			c.Lines[i].Pool = d.String(MaxIDLen)
+			c.Lines[i].Qty = d.Varint()
 		}
 	case KindConfirm, KindRelease:
-		c.Reservation = d.uvarint()
+		c.Reservation = d.Uvarint()
 	case KindExtend:
-		c.Reservation = d.uvarint()
-		c.TTLMs = d.varint()
+		c.Reservation = d.Uvarint()
+		c.TTLMs = d.Varint()
 	case KindTick:
 	default:
-		d.fail("unknown kind")
+		d.Fail("unknown kind")
 	}
-	if d.err == nil && len(d.b) != 0 {
-		d.fail("trailing bytes")
-	}
-	if d.err != nil {
-		return Command{}, d.err
+	if err := d.End(); err != nil {
+		return Command{}, err
 	}
 	return c, nil
-}
-
-func appendString(dst []byte, s string) []byte {
-	dst = binary.AppendUvarint(dst, uint64(len(s)))
-	return append(dst, s...)
-}
-
-// decoder reads with sticky errors so DecodeCommand reads straight through.
-type decoder struct {
-	b   []byte
-	err error
-}
-
-func (d *decoder) fail(why string) {
-	if d.err == nil {
-		d.err = fmt.Errorf("%w: %s", ErrCorrupt, why)
-	}
-	d.b = nil
-}
-
-func (d *decoder) byte() byte {
-	if len(d.b) < 1 {
-		d.fail("short")
-		return 0
-	}
-	v := d.b[0]
-	d.b = d.b[1:]
-	return v
-}
-
-func (d *decoder) bytes(dst []byte) {
-	if len(d.b) < len(dst) {
-		d.fail("short")
-		return
-	}
-	copy(dst, d.b)
-	d.b = d.b[len(dst):]
-}
-
-func (d *decoder) uvarint() uint64 {
-	v, n := binary.Uvarint(d.b)
-	if n <= 0 {
-		d.fail("bad uvarint")
-		return 0
-	}
-	d.b = d.b[n:]
-	return v
-}
-
-func (d *decoder) varint() int64 {
-	v, n := binary.Varint(d.b)
-	if n <= 0 {
-		d.fail("bad varint")
-		return 0
-	}
-	d.b = d.b[n:]
-	return v
-}
-
-func (d *decoder) string(maxLen int) string {
-	n := d.uvarint()
-	if n > uint64(maxLen) || n > uint64(len(d.b)) {
-		d.fail("bad string length")
-		return ""
-	}
-	s := string(d.b[:n])
-	d.b = d.b[n:]
-	return s
 }

@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"fmt"
+	"github.com/holdfast/holdfast/internal/wire"
 	"io"
 	"math"
 	"slices"
@@ -35,7 +36,7 @@ func (m *Machine) appendSnapshot(b []byte) []byte {
 	b = binary.AppendUvarint(b, uint64(len(m.poolIDs)))
 	for _, id := range m.poolIDs {
 		p := m.pools[id]
-		b = appendString(b, p.ID)
+		b = wire.AppendString(b, p.ID)
 		b = binary.AppendUvarint(b, p.seq)
 		b = binary.AppendUvarint(b, uint64(p.table))
 		b = appendConfig(b, &p.Config)
@@ -53,7 +54,7 @@ func (m *Machine) appendSnapshot(b []byte) []byte {
 	b = binary.AppendUvarint(b, uint64(m.res.len()))
 	m.res.each(func(r *reservation) {
 		b = binary.AppendUvarint(b, r.id)
-		b = appendString(b, r.buyer)
+		b = wire.AppendString(b, r.buyer)
 		b = append(b, byte(r.state), r.where, boolByte(r.offered))
 		b = binary.AppendUvarint(b, uint64(r.table))
 		for _, v := range [...]int64{r.createdAtMs, r.expiresAtMs, r.capMs, r.extensions, r.maxExtensions, r.finishedAtMs} {
@@ -61,7 +62,7 @@ func (m *Machine) appendSnapshot(b []byte) []byte {
 		}
 		b = binary.AppendUvarint(b, uint64(len(r.lines)))
 		for _, l := range r.lines {
-			b = appendString(b, l.pool.ID)
+			b = wire.AppendString(b, l.pool.ID)
 			b = binary.AppendVarint(b, l.qty)
 			b = append(b, byte(l.state))
 		}
@@ -78,7 +79,7 @@ func (m *Machine) appendSnapshot(b []byte) []byte {
 		slices.Sort(buyers)
 		b = binary.AppendUvarint(b, uint64(len(buyers)))
 		for _, buyer := range buyers {
-			b = appendString(b, buyer)
+			b = wire.AppendString(b, buyer)
 			b = binary.AppendVarint(b, p.usage[buyer])
 		}
 		b = append(b, boolByte(p.draw != nil))
@@ -104,7 +105,7 @@ func (m *Machine) appendSnapshot(b []byte) []byte {
 		key := m.idemBySeq[s]
 		rec := m.idem[key]
 		b = binary.AppendUvarint(b, s)
-		b = appendString(b, key)
+		b = wire.AppendString(b, key)
 		b = binary.AppendVarint(b, rec.expiresAtMs)
 		b = append(b, rec.hash[:]...)
 		b = appendResult(b, &rec.result)
@@ -118,17 +119,17 @@ func appendConfig(b []byte, c *PoolConfig) []byte {
 		b = binary.AppendVarint(b, v)
 	}
 	b = append(b, byte(c.Mode), boolByte(c.Waitlist.Enabled))
-	return appendString(b, c.Draw.Seed)
+	return wire.AppendString(b, c.Draw.Seed)
 }
 
-func readConfig(d *decoder, c *PoolConfig) {
+func readConfig(d *wire.Decoder, c *PoolConfig) {
 	for _, v := range [...]*int64{&c.OnHand, &c.PerBuyerLimit, &c.HoldTTLMs, &c.MaxHoldTTLMs, &c.MaxExtensions, &c.Draw.OpensAtMs, &c.Draw.ClosesAtMs, &c.Waitlist.OfferTTLMs, &c.Waitlist.WaitTTLMs,
 		&c.Demand.WarmRPS, &c.Demand.HotRPS, &c.Demand.LowStockUnits, &c.Demand.LowStockPercent, &c.Demand.HorizonMs} {
-		*v = d.varint()
+		*v = d.Varint()
 	}
-	c.Mode = Mode(d.byte())
-	c.Waitlist.Enabled = d.byte() != 0
-	c.Draw.Seed = d.string(MaxIDLen)
+	c.Mode = Mode(d.Byte())
+	c.Waitlist.Enabled = d.Byte() != 0
+	c.Draw.Seed = d.String(MaxIDLen)
 }
 
 func boolByte(v bool) byte {
@@ -145,12 +146,12 @@ func appendResult(b []byte, r *Result) []byte {
 	b = append(b, boolByte(r.Err != nil))
 	if r.Err != nil {
 		b = append(b, byte(r.Err.Code))
-		b = appendString(b, r.Err.Message)
+		b = wire.AppendString(b, r.Err.Message)
 		b = appendLines(b, r.Err.Lines)
 	}
 	b = append(b, boolByte(r.Pool != nil))
 	if p := r.Pool; p != nil {
-		b = appendString(b, p.ID)
+		b = wire.AppendString(b, p.ID)
 		b = appendConfig(b, &p.Config)
 		// Every field of the view: a replay after a restore must return the
 		// same object as the first answer.
@@ -164,7 +165,7 @@ func appendResult(b []byte, r *Result) []byte {
 	b = append(b, boolByte(r.Reservation != nil))
 	if v := r.Reservation; v != nil {
 		b = binary.AppendUvarint(b, v.ID)
-		b = appendString(b, v.Buyer)
+		b = wire.AppendString(b, v.Buyer)
 		b = append(b, byte(v.State))
 		for _, x := range [...]int64{v.CreatedAtMs, v.ExpiresAtMs, v.Extensions, v.Position} {
 			b = binary.AppendVarint(b, x)
@@ -177,17 +178,17 @@ func appendResult(b []byte, r *Result) []byte {
 func appendLines(b []byte, ls []LineView) []byte {
 	b = binary.AppendUvarint(b, uint64(len(ls)))
 	for _, l := range ls {
-		b = appendString(b, l.Pool)
+		b = wire.AppendString(b, l.Pool)
 		b = binary.AppendVarint(b, l.Qty)
 		b = append(b, byte(l.State))
 	}
 	return b
 }
 
-func readLines(d *decoder) []LineView {
-	n := d.uvarint()
+func readLines(d *wire.Decoder) []LineView {
+	n := d.Uvarint()
 	if n > MaxLines {
-		d.fail("too many lines")
+		d.Fail("too many lines")
 		return nil
 	}
 	if n == 0 {
@@ -195,33 +196,33 @@ func readLines(d *decoder) []LineView {
 	}
 	ls := make([]LineView, n)
 	for i := range ls {
-		ls[i] = LineView{Pool: d.string(MaxIDLen), Qty: d.varint(), State: LineState(d.byte())}
+		ls[i] = LineView{Pool: d.String(MaxIDLen), Qty: d.Varint(), State: LineState(d.Byte())}
 	}
 	return ls
 }
 
-func readResult(d *decoder) Result {
+func readResult(d *wire.Decoder) Result {
 	var r Result
-	r.Created = d.byte() != 0
-	if d.byte() != 0 {
-		r.Err = &Error{Code: Code(d.byte()), Message: d.string(1 << 16)}
+	r.Created = d.Byte() != 0
+	if d.Byte() != 0 {
+		r.Err = &Error{Code: Code(d.Byte()), Message: d.String(1 << 16)}
 		r.Err.Lines = readLines(d)
 	}
-	if d.byte() != 0 {
-		p := &PoolView{ID: d.string(MaxIDLen)}
+	if d.Byte() != 0 {
+		p := &PoolView{ID: d.String(MaxIDLen)}
 		readConfig(d, &p.Config)
 		for _, v := range [...]*int64{&p.Held, &p.Sold, &p.Available, &p.CreatedAtMs, &p.UpdatedAtMs, &p.Waiting, &p.WaitingQty, &p.DrawEntries} {
-			*v = d.varint()
+			*v = d.Varint()
 		}
-		p.RequestsPerSec = math.Float64frombits(d.uvarint())
-		p.DenialsPerSec = math.Float64frombits(d.uvarint())
-		p.Claim, p.Heat, p.DrawClosed = Claim(d.byte()), Heat(d.byte()), d.byte() != 0
+		p.RequestsPerSec = math.Float64frombits(d.Uvarint())
+		p.DenialsPerSec = math.Float64frombits(d.Uvarint())
+		p.Claim, p.Heat, p.DrawClosed = Claim(d.Byte()), Heat(d.Byte()), d.Byte() != 0
 		r.Pool = p
 	}
-	if d.byte() != 0 {
-		v := &ReservationView{ID: d.uvarint(), Buyer: d.string(MaxIDLen), State: ReservationState(d.byte())}
+	if d.Byte() != 0 {
+		v := &ReservationView{ID: d.Uvarint(), Buyer: d.String(MaxIDLen), State: ReservationState(d.Byte())}
 		for _, x := range [...]*int64{&v.CreatedAtMs, &v.ExpiresAtMs, &v.Extensions, &v.Position} {
-			*x = d.varint()
+			*x = d.Varint()
 		}
 		v.Lines = readLines(d)
 		r.Reservation = v
@@ -253,22 +254,22 @@ func (m *Machine) Restore(r io.Reader) error {
 }
 
 func (m *Machine) decodeSnapshot(data []byte) error {
-	d := decoder{b: data}
-	if v := d.byte(); v != snapshotVersion {
+	d := wire.NewDecoder(data, ErrCorrupt)
+	if v := d.Byte(); v != snapshotVersion {
 		return fmt.Errorf("%w: snapshot version %d", ErrCorrupt, v)
 	}
-	m.clockMs = d.varint()
-	m.nextID, m.idemSeq, m.nextPoolSeq = d.uvarint(), d.uvarint(), d.uvarint()
-	nextTable := d.uvarint()
+	m.clockMs = d.Varint()
+	m.nextID, m.idemSeq, m.nextPoolSeq = d.Uvarint(), d.Uvarint(), d.Uvarint()
+	nextTable := d.Uvarint()
 	if m.nextID >= maxSeq || m.idemSeq >= maxSeq || m.nextPoolSeq >= maxSeq || nextTable >= 1<<31 {
-		d.fail("sequence out of range")
+		d.Fail("sequence out of range")
 	}
 	m.nextTable = uint32(nextTable)
 	m.tables, m.tableByID = nil, map[uint32]*leaseTable{}
 	m.table(0)
 	tableOf := func(id uint64) uint32 {
 		if id > uint64(m.nextTable) {
-			d.fail("lease table out of range")
+			d.Fail("lease table out of range")
 			return 0
 		}
 		return uint32(id)
@@ -276,27 +277,27 @@ func (m *Machine) decodeSnapshot(data []byte) error {
 
 	// Every collection must be strictly increasing in its key: that rules
 	// out duplicates, which would corrupt the indexes built below.
-	n := d.uvarint()
-	for i := uint64(0); i < n && d.err == nil; i++ {
-		p := &Pool{ID: d.string(MaxIDLen), seq: d.uvarint()}
-		p.table = tableOf(d.uvarint())
-		readConfig(&d, &p.Config)
-		p.Held, p.Sold, p.CreatedAtMs, p.UpdatedAtMs = d.varint(), d.varint(), d.varint(), d.varint()
+	n := d.Uvarint()
+	for i := uint64(0); i < n && d.Err() == nil; i++ {
+		p := &Pool{ID: d.String(MaxIDLen), seq: d.Uvarint()}
+		p.table = tableOf(d.Uvarint())
+		readConfig(d, &p.Config)
+		p.Held, p.Sold, p.CreatedAtMs, p.UpdatedAtMs = d.Varint(), d.Varint(), d.Varint(), d.Varint()
 		for j := range p.demand.sec {
-			p.demand.sec[j], p.demand.req[j], p.demand.den[j] = d.varint(), d.varint(), d.varint()
+			p.demand.sec[j], p.demand.req[j], p.demand.den[j] = d.Varint(), d.Varint(), d.Varint()
 		}
-		p.demand.heat = Heat(d.byte())
+		p.demand.heat = Heat(d.Byte())
 		switch {
 		case !ValidID(p.ID) || (i > 0 && p.ID <= m.poolIDs[i-1]):
-			d.fail("pool ids not valid and strictly increasing")
+			d.Fail("pool ids not valid and strictly increasing")
 		case p.seq == 0 || p.seq > m.nextPoolSeq || m.poolBySeq[p.seq] != nil:
-			d.fail("pool numbers not unique within range")
+			d.Fail("pool numbers not unique within range")
 		case p.Config.Validate() != nil || p.Held < 0 || p.Sold < 0 || p.Held+p.Sold > p.Config.OnHand || p.demand.heat > HeatHot:
-			d.fail("pool state out of range")
+			d.Fail("pool state out of range")
 		case p.table != 0 && m.tableByID[p.table] != nil:
-			d.fail("two pools own one lease table")
+			d.Fail("two pools own one lease table")
 		}
-		if d.err != nil {
+		if d.Err() != nil {
 			break
 		}
 		if p.table != 0 {
@@ -308,41 +309,41 @@ func (m *Machine) decodeSnapshot(data []byte) error {
 	}
 
 	var lastID uint64
-	n = d.uvarint()
-	for i := uint64(0); i < n && d.err == nil; i++ {
-		r := &reservation{id: d.uvarint(), buyer: d.string(MaxIDLen), state: ReservationState(d.byte()), where: d.byte(), offered: d.byte() != 0}
-		r.table = tableOf(d.uvarint())
+	n = d.Uvarint()
+	for i := uint64(0); i < n && d.Err() == nil; i++ {
+		r := &reservation{id: d.Uvarint(), buyer: d.String(MaxIDLen), state: ReservationState(d.Byte()), where: d.Byte(), offered: d.Byte() != 0}
+		r.table = tableOf(d.Uvarint())
 		for _, v := range [...]*int64{&r.createdAtMs, &r.expiresAtMs, &r.capMs, &r.extensions, &r.maxExtensions, &r.finishedAtMs} {
-			*v = d.varint()
+			*v = d.Varint()
 		}
-		nl := d.uvarint()
+		nl := d.Uvarint()
 		switch {
 		case r.id <= lastID || r.id > m.nextID || r.state > StateExpired:
-			d.fail("reservation ids not strictly increasing within 1..next id")
+			d.Fail("reservation ids not strictly increasing within 1..next id")
 		case nl == 0 || nl > MaxLines:
-			d.fail("bad line count")
+			d.Fail("bad line count")
 		case (r.state == StateWaiting) != (r.where != waitNone) || r.where > waitInDraw || (r.state == StateWaiting && nl != 1):
-			d.fail("waiting state inconsistent")
+			d.Fail("waiting state inconsistent")
 		case r.state.Terminal() && r.table != 0:
-			d.fail("finished reservation outside the shared table")
+			d.Fail("finished reservation outside the shared table")
 		}
-		if d.err != nil {
+		if d.Err() != nil {
 			break
 		}
 		lastID = r.id
 		r.setLines(int(nl))
 		for j := range r.lines {
-			p := m.pools[d.string(MaxIDLen)]
+			p := m.pools[d.String(MaxIDLen)]
 			if p == nil {
-				d.fail("line names an unknown pool")
+				d.Fail("line names an unknown pool")
 				break
 			}
-			r.lines[j] = line{pool: p, qty: d.varint(), state: LineState(d.byte())}
+			r.lines[j] = line{pool: p, qty: d.Varint(), state: LineState(d.Byte())}
 			if l := r.lines[j]; l.qty < 1 || l.qty > MaxQty || l.state > LineAvailable {
-				d.fail("bad line")
+				d.Fail("bad line")
 			}
 		}
-		if d.err != nil {
+		if d.Err() != nil {
 			break
 		}
 		m.res.put(r)
@@ -360,42 +361,42 @@ func (m *Machine) decodeSnapshot(data []byte) error {
 
 	seen := 0 // waiting reservations placed in a queue or draw
 	for _, id := range m.poolIDs {
-		if d.err != nil {
+		if d.Err() != nil {
 			break
 		}
 		p := m.pools[id]
-		n = d.uvarint()
+		n = d.Uvarint()
 		var last string
-		for i := uint64(0); i < n && d.err == nil; i++ {
-			buyer := d.string(MaxIDLen)
+		for i := uint64(0); i < n && d.Err() == nil; i++ {
+			buyer := d.String(MaxIDLen)
 			if i > 0 && buyer <= last {
-				d.fail("buyers not strictly increasing")
+				d.Fail("buyers not strictly increasing")
 				break
 			}
 			last = buyer
-			m.addUsage(p, buyer, d.varint())
+			m.addUsage(p, buyer, d.Varint())
 		}
 		place := func(want uint8) *reservation {
-			r := m.res.get(d.uvarint())
+			r := m.res.get(d.Uvarint())
 			if r == nil || r.state != StateWaiting || r.where != want || r.lines[0].pool != p {
-				d.fail("queue names a reservation that does not wait there")
+				d.Fail("queue names a reservation that does not wait there")
 				return nil
 			}
 			r.where = waitNone // placed; restored below
 			seen++
 			return r
 		}
-		if d.byte() != 0 {
+		if d.Byte() != 0 {
 			if p.Config.Mode != ModeDraw {
-				d.fail("draw entries on a pool that is not a draw")
+				d.Fail("draw entries on a pool that is not a draw")
 				break
 			}
 			p.draw = &drawState{byBuyer: map[string]*reservation{}}
-			n = d.uvarint()
-			for i := uint64(0); i < n && d.err == nil; i++ {
+			n = d.Uvarint()
+			for i := uint64(0); i < n && d.Err() == nil; i++ {
 				if r := place(waitInDraw); r != nil {
 					if p.draw.byBuyer[r.buyer] != nil {
-						d.fail("two draw entries of one buyer")
+						d.Fail("two draw entries of one buyer")
 						break
 					}
 					r.where, r.ticket = waitInDraw, uint64(len(p.draw.entrants))
@@ -405,10 +406,10 @@ func (m *Machine) decodeSnapshot(data []byte) error {
 			}
 			m.tableByID[0].wheel.Add(poolKey(p.seq), p.Config.Draw.ClosesAtMs)
 		}
-		n = d.uvarint()
-		for i := uint64(0); i < n && d.err == nil; i++ {
+		n = d.Uvarint()
+		for i := uint64(0); i < n && d.Err() == nil; i++ {
 			if i >= MaxWaiting {
-				d.fail("waitlist too long")
+				d.Fail("waitlist too long")
 				break
 			}
 			if r := place(waitInQueue); r != nil {
@@ -423,20 +424,20 @@ func (m *Machine) decodeSnapshot(data []byte) error {
 			waiting++
 		}
 	})
-	if d.err == nil && seen != waiting {
-		d.fail("a waiting reservation is in no queue")
+	if d.Err() == nil && seen != waiting {
+		d.Fail("a waiting reservation is in no queue")
 	}
 
 	var lastSeq uint64
-	n = d.uvarint()
-	for i := uint64(0); i < n && d.err == nil; i++ {
-		rec := &idemRecord{seq: d.uvarint()}
-		key := d.string(MaxIDLen)
-		rec.expiresAtMs = d.varint()
-		d.bytes(rec.hash[:])
-		rec.result = readResult(&d)
+	n = d.Uvarint()
+	for i := uint64(0); i < n && d.Err() == nil; i++ {
+		rec := &idemRecord{seq: d.Uvarint()}
+		key := d.String(MaxIDLen)
+		rec.expiresAtMs = d.Varint()
+		d.Bytes(rec.hash[:])
+		rec.result = readResult(d)
 		if rec.seq <= lastSeq || rec.seq > m.idemSeq || m.idem[key] != nil {
-			d.fail("idempotency records not strictly increasing within 1..seq, or a key twice")
+			d.Fail("idempotency records not strictly increasing within 1..seq, or a key twice")
 			break
 		}
 		lastSeq = rec.seq
@@ -450,11 +451,8 @@ func (m *Machine) decodeSnapshot(data []byte) error {
 	if n == 0 {
 		m.idemOldest = m.idemSeq
 	}
-	if d.err == nil && len(d.b) != 0 {
-		d.fail("trailing bytes")
-	}
-	if d.err != nil {
-		return fmt.Errorf("allocator: restore: %w", d.err)
+	if err := d.End(); err != nil {
+		return fmt.Errorf("allocator: restore: %w", err)
 	}
 	return nil
 }

@@ -14,6 +14,7 @@ import (
 	"testing"
 
 	"github.com/holdfast/holdfast/allocator"
+	"github.com/holdfast/holdfast/internal/wire"
 )
 
 func sampleCommands() []Command {
@@ -189,7 +190,7 @@ func randomRun(tb testing.TB, seed uint64, steps int, stats map[string]int) (*me
 			checkouts++
 		}
 		out = appendResult(out, &r)
-		out = appendBool(out, r.Replayed)
+		out = wire.AppendBool(out, r.Replayed)
 		h.m.Tick(h.st, h.now)
 	}
 	return h.st, out

@@ -8,6 +8,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/holdfast/holdfast/allocator"
+	"github.com/holdfast/holdfast/internal/wire"
 )
 
 // Kind is the type of a cart command. Carts own kinds MinKind..MaxKind; the
@@ -87,47 +88,47 @@ func (c *Command) AppendEncode(dst []byte) []byte {
 	}
 	dst = append(dst, byte(c.Kind), flags)
 	if c.IdemKey != "" {
-		dst = appendString(dst, c.IdemKey)
+		dst = wire.AppendString(dst, c.IdemKey)
 		dst = append(dst, c.ReqHash[:]...)
 	}
 	switch c.Kind {
 	case KindCreate:
-		dst = appendString(dst, c.Owner)
+		dst = wire.AppendString(dst, c.Owner)
 	case KindAddLine:
-		dst = appendString(dst, c.Cart)
+		dst = wire.AppendString(dst, c.Cart)
 		l := &c.Line
 		for _, s := range [...]string{l.SKU, l.Variant, l.Seller, l.Fulfillment} {
-			dst = appendString(dst, s)
+			dst = wire.AppendString(dst, s)
 		}
 		dst = binary.AppendUvarint(dst, uint64(len(l.Attrs)))
 		for _, a := range l.Attrs {
-			dst = appendString(dst, a.Key)
-			dst = appendString(dst, a.Value)
+			dst = wire.AppendString(dst, a.Key)
+			dst = wire.AppendString(dst, a.Value)
 		}
-		dst = appendString(dst, l.Pool)
+		dst = wire.AppendString(dst, l.Pool)
 		dst = appendPrice(dst, &l.Price)
 		dst = binary.AppendVarint(dst, c.Qty)
 	case KindSetQty:
-		dst = appendString(dst, c.Cart)
-		dst = appendString(dst, c.LineID)
+		dst = wire.AppendString(dst, c.Cart)
+		dst = wire.AppendString(dst, c.LineID)
 		dst = binary.AppendVarint(dst, c.Qty)
 		dst = binary.AppendVarint(dst, c.LineVersion)
 	case KindDeleteLine:
-		dst = appendString(dst, c.Cart)
-		dst = appendString(dst, c.LineID)
+		dst = wire.AppendString(dst, c.Cart)
+		dst = wire.AppendString(dst, c.LineID)
 		dst = binary.AppendVarint(dst, c.LineVersion)
 	case KindMerge:
-		dst = appendString(dst, c.Cart)
-		dst = appendString(dst, c.Source)
+		dst = wire.AppendString(dst, c.Cart)
+		dst = wire.AppendString(dst, c.Source)
 		dst = append(dst, byte(c.Policy))
 	case KindReview:
-		dst = appendString(dst, c.Cart)
+		dst = wire.AppendString(dst, c.Cart)
 	case KindCheckout:
-		dst = appendString(dst, c.Cart)
+		dst = wire.AppendString(dst, c.Cart)
 		dst = binary.AppendVarint(dst, c.ExpectedVersion)
 		dst = binary.AppendVarint(dst, c.TTLMs)
 	case KindConfirmCheckout:
-		dst = appendString(dst, c.Checkout)
+		dst = wire.AppendString(dst, c.Checkout)
 	}
 	return dst
 }
@@ -137,65 +138,65 @@ func (c *Command) AppendEncode(dst []byte) []byte {
 // Decoding checks structure and length bounds only; Apply validates the
 // values (see Command.Validate).
 func DecodeCommand(b []byte) (Command, error) {
-	d := newDecoder(b)
+	d := wire.NewInterningDecoder(b, ErrCorrupt)
 	var c Command
-	c.Kind = Kind(d.byte())
-	flags := d.byte()
+	c.Kind = Kind(d.Byte())
+	flags := d.Byte()
 	if flags&^(flagIdem|flagPartial) != 0 {
 		return Command{}, fmt.Errorf("%w: unknown flags %#x", ErrCorrupt, flags)
 	}
 	if flags&flagIdem != 0 {
-		c.IdemKey = d.string(allocator.MaxIDLen)
+		c.IdemKey = d.String(allocator.MaxIDLen)
 		if c.IdemKey == "" {
-			d.fail("empty idempotency key")
+			d.Fail("empty idempotency key")
 		}
-		d.bytes(c.ReqHash[:])
+		d.Bytes(c.ReqHash[:])
 	}
 	c.Partial = flags&flagPartial != 0
 	switch c.Kind {
 	case KindCreate:
-		c.Owner = d.string(allocator.MaxIDLen)
+		c.Owner = d.String(allocator.MaxIDLen)
 	case KindAddLine:
-		c.Cart = d.string(allocator.MaxIDLen)
+		c.Cart = d.String(allocator.MaxIDLen)
 		l := &c.Line
-		l.SKU = d.string(allocator.MaxIDLen)
-		l.Variant = d.string(allocator.MaxIDLen)
-		l.Seller = d.string(allocator.MaxIDLen)
-		l.Fulfillment = d.string(allocator.MaxIDLen)
-		if n := d.count(MaxAttrs); n > 0 {
+		l.SKU = d.String(allocator.MaxIDLen)
+		l.Variant = d.String(allocator.MaxIDLen)
+		l.Seller = d.String(allocator.MaxIDLen)
+		l.Fulfillment = d.String(allocator.MaxIDLen)
+		if n := d.Count(MaxAttrs); n > 0 {
 			l.Attrs = make([]Attr, n)
 			for i := range l.Attrs {
-				l.Attrs[i] = Attr{Key: d.string(MaxAttrLen), Value: d.string(MaxAttrLen)}
+				l.Attrs[i] = Attr{Key: d.String(MaxAttrLen), Value: d.String(MaxAttrLen)}
 			}
 		}
-		l.Pool = d.string(allocator.MaxIDLen)
-		l.Price = d.price()
-		c.Qty = d.varint()
+		l.Pool = d.String(allocator.MaxIDLen)
+		l.Price = readPrice(d)
+		c.Qty = d.Varint()
 	case KindSetQty:
-		c.Cart = d.string(allocator.MaxIDLen)
-		c.LineID = d.string(allocator.MaxIDLen)
-		c.Qty = d.varint()
-		c.LineVersion = d.varint()
+		c.Cart = d.String(allocator.MaxIDLen)
+		c.LineID = d.String(allocator.MaxIDLen)
+		c.Qty = d.Varint()
+		c.LineVersion = d.Varint()
 	case KindDeleteLine:
-		c.Cart = d.string(allocator.MaxIDLen)
-		c.LineID = d.string(allocator.MaxIDLen)
-		c.LineVersion = d.varint()
+		c.Cart = d.String(allocator.MaxIDLen)
+		c.LineID = d.String(allocator.MaxIDLen)
+		c.LineVersion = d.Varint()
 	case KindMerge:
-		c.Cart = d.string(allocator.MaxIDLen)
-		c.Source = d.string(allocator.MaxIDLen)
-		c.Policy = Policy(d.enum(int(numPolicies), "policy"))
+		c.Cart = d.String(allocator.MaxIDLen)
+		c.Source = d.String(allocator.MaxIDLen)
+		c.Policy = Policy(d.Enum(int(numPolicies), "policy"))
 	case KindReview:
-		c.Cart = d.string(allocator.MaxIDLen)
+		c.Cart = d.String(allocator.MaxIDLen)
 	case KindCheckout:
-		c.Cart = d.string(allocator.MaxIDLen)
-		c.ExpectedVersion = d.varint()
-		c.TTLMs = d.varint()
+		c.Cart = d.String(allocator.MaxIDLen)
+		c.ExpectedVersion = d.Varint()
+		c.TTLMs = d.Varint()
 	case KindConfirmCheckout:
-		c.Checkout = d.string(allocator.MaxIDLen)
+		c.Checkout = d.String(allocator.MaxIDLen)
 	default:
-		d.fail("unknown kind")
+		d.Fail("unknown kind")
 	}
-	if err := d.end(); err != nil {
+	if err := d.End(); err != nil {
 		return Command{}, err
 	}
 	return c, nil

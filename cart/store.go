@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"github.com/holdfast/holdfast/allocator"
+	"github.com/holdfast/holdfast/internal/wire"
 )
 
 // Store is the cart keyspace as seen while applying one log entry (or a
@@ -127,9 +128,9 @@ func loadMeta(st Store) meta {
 	if !ok {
 		return meta{}
 	}
-	d := newDecoder(v)
-	m := meta{carts: d.uvarint(), checkouts: d.uvarint()}
-	if d.err != nil {
+	d := wire.NewInterningDecoder(v, ErrCorrupt)
+	m := meta{carts: d.Uvarint(), checkouts: d.Uvarint()}
+	if d.Err() != nil {
 		// Counters that do not decode would reuse ids; refuse to guess.
 		return meta{carts: 1 << 62, checkouts: 1 << 62}
 	}
