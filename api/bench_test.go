@@ -315,6 +315,7 @@ func (c *benchClient) do(method, path string, body []byte, idemKey []byte) (int,
 func poolName(i int) string { return "bench-pool-" + strconv.Itoa(i) }
 
 func benchHTTP(b *testing.B, confirm bool) {
+	b.ReportAllocs() // process-wide: client, server and raft together
 	s := benchSettingsFromEnv(b)
 	n := startBenchNode(b, s)
 	hc := &fasthttp.HostClient{
