@@ -15,8 +15,20 @@ import (
 
 // decodeStrict decodes one JSON object into v: unknown fields, trailing
 // data, type mismatches and anything but an object (null included) are
-// errors. An empty body decodes as {}.
+// errors. An empty body decodes as {}. On top of encoding/json, field
+// names must match exactly and a field may appear once (see jsondec.go).
 func decodeStrict(body []byte, v any) *apiError {
+	if e := decodeStd(body, v); e != nil {
+		return e
+	}
+	if trimmed := bytes.Trim(body, " \t\r\n"); len(trimmed) == 0 || string(trimmed) == "{}" {
+		return nil
+	}
+	return checkKeys(body, v)
+}
+
+// decodeStd is decodeStrict with encoding/json's rules alone.
+func decodeStd(body []byte, v any) *apiError {
 	trimmed := bytes.Trim(body, " \t\r\n") // JSON whitespace
 	if len(trimmed) == 0 || string(trimmed) == "{}" {
 		return nil // nothing to set: skip building a decoder (confirm, release)
@@ -45,7 +57,10 @@ func jsonErrText(err error) string {
 const timeLayout = "2006-01-02T15:04:05.000Z"
 
 // formatTime renders log milliseconds as the contract's RFC 3339 UTC string.
-func formatTime(ms int64) string { return time.UnixMilli(ms).UTC().Format(timeLayout) }
+func formatTime(ms int64) string {
+	var buf [24]byte
+	return string(appendTime(buf[:0], ms))
+}
 
 // parseTime accepts any RFC 3339 time and returns it in milliseconds.
 func parseTime(s string) (int64, error) {
@@ -169,19 +184,6 @@ type adjustReq struct {
 	Delta *int64 `json:"delta"`
 }
 
-type lineReq struct {
-	Pool string `json:"pool"`
-	Qty  int64  `json:"qty"`
-}
-
-type reserveReq struct {
-	Buyer string    `json:"buyer"`
-	Lines []lineReq `json:"lines"`
-	TTLMs *int64    `json:"ttl_ms"`
-	Mode  *string   `json:"mode"`
-	Wait  bool      `json:"wait"`
-}
-
 type extendReq struct {
 	TTLMs *int64 `json:"ttl_ms"`
 }
@@ -270,44 +272,6 @@ func poolOut(p *allocator.PoolView, asOfMs int64, consistency string) *poolJSON 
 		if p.DrawClosed {
 			out.Draw.Seed = c.Draw.Seed
 		}
-	}
-	return out
-}
-
-type lineJSON struct {
-	Pool  string `json:"pool"`
-	Qty   int64  `json:"qty"`
-	State string `json:"state"`
-}
-
-type reservationJSON struct {
-	ID         string     `json:"id"`
-	Buyer      string     `json:"buyer"`
-	State      string     `json:"state"`
-	Lines      []lineJSON `json:"lines"`
-	CreatedAt  string     `json:"created_at"`
-	ExpiresAt  string     `json:"expires_at"`
-	Extensions int64      `json:"extensions"`
-	Position   *int64     `json:"position"`
-}
-
-func linesOut(ls []allocator.LineView) []lineJSON {
-	out := make([]lineJSON, len(ls))
-	for i, l := range ls {
-		out[i] = lineJSON{Pool: l.Pool, Qty: l.Qty, State: l.State.String()}
-	}
-	return out
-}
-
-func reservationOut(v *allocator.ReservationView) *reservationJSON {
-	out := &reservationJSON{
-		ID: allocator.FormatReservationID(v.ID), Buyer: v.Buyer, State: v.State.String(),
-		Lines: linesOut(v.Lines), CreatedAt: formatTime(v.CreatedAtMs), ExpiresAt: formatTime(v.ExpiresAtMs),
-		Extensions: v.Extensions,
-	}
-	if v.Position > 0 {
-		p := v.Position
-		out.Position = &p
 	}
 	return out
 }

@@ -1,7 +1,10 @@
 package api
 
 import (
+	"maps"
 	"strconv"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -14,6 +17,7 @@ type metrics struct {
 	requests     *prometheus.CounterVec
 	latency      *prometheus.HistogramVec
 	reservations *prometheus.CounterVec
+	outcomes     counterCache // reservations' children by outcome
 	merges       *prometheus.CounterVec
 	conflicts    prometheus.Counter
 	checkouts    *prometheus.CounterVec
@@ -53,7 +57,100 @@ func newMetrics(reg prometheus.Registerer, alloc *allocator.Machine) *metrics {
 		Help: "Checkout lines that could not be held (in a snapshot's corrections or a refusal's details).",
 	})
 	reg.MustRegister(m.requests, m.latency, m.reservations, m.merges, m.conflicts, m.checkouts, m.corrections, &allocCollector{alloc: alloc})
+	m.outcomes.vec = m.reservations
 	return m
+}
+
+// counterCache keeps the children of a one-label CounterVec by label
+// value in a copy-on-write map, so a hit costs one map read instead of
+// the vec's label hashing. Children are made on first use, as with
+// WithLabelValues, so no series appears before it counts something.
+type counterCache struct {
+	vec *prometheus.CounterVec
+	mu  sync.Mutex
+	m   atomic.Pointer[map[string]prometheus.Counter]
+}
+
+func (c *counterCache) get(label string) prometheus.Counter {
+	if m := c.m.Load(); m != nil {
+		if ctr, ok := (*m)[label]; ok {
+			return ctr
+		}
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	old := c.m.Load()
+	if old != nil {
+		if ctr, ok := (*old)[label]; ok {
+			return ctr
+		}
+	}
+	ctr := c.vec.WithLabelValues(label)
+	next := make(map[string]prometheus.Counter, 1)
+	if old != nil {
+		maps.Copy(next, *old)
+	}
+	next[label] = ctr
+	c.m.Store(&next)
+	return ctr
+}
+
+// routeMetrics are one route's series, cached: its latency histogram and
+// its request counter per status code, so a request costs neither a
+// label lookup nor strconv.Itoa. Both are made on first use.
+type routeMetrics struct {
+	m    *metrics
+	name string
+
+	latencyOnce sync.Once
+	latency     prometheus.Observer
+
+	mu       sync.Mutex
+	byStatus atomic.Pointer[[]statusCounter] // copy on write
+}
+
+type statusCounter struct {
+	status int
+	c      prometheus.Counter
+}
+
+// maxStatusesCached bounds byStatus; a route answering with more distinct
+// codes (it does not happen) looks the rest up each time.
+const maxStatusesCached = 16
+
+func (m *metrics) route(name string) *routeMetrics { return &routeMetrics{m: m, name: name} }
+
+func (r *routeMetrics) observe(status int, d time.Duration) {
+	r.counter(status).Inc()
+	r.latencyOnce.Do(func() { r.latency = r.m.latency.WithLabelValues(r.name) })
+	r.latency.Observe(d.Seconds())
+}
+
+func (r *routeMetrics) counter(status int) prometheus.Counter {
+	if p := r.byStatus.Load(); p != nil {
+		for _, sc := range *p {
+			if sc.status == status {
+				return sc.c
+			}
+		}
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var cur []statusCounter
+	if p := r.byStatus.Load(); p != nil {
+		cur = *p
+		for _, sc := range cur {
+			if sc.status == status {
+				return sc.c
+			}
+		}
+	}
+	c := r.m.requests.WithLabelValues(r.name, strconv.Itoa(status))
+	if len(cur) < maxStatusesCached {
+		next := append(cur[:len(cur):len(cur)], statusCounter{status, c})
+		r.byStatus.Store(&next)
+	}
+	return c
 }
 
 func (m *metrics) cartResult(kind cart.Kind, r *cart.Result) {
@@ -83,11 +180,6 @@ func (m *metrics) cartResult(kind cart.Kind, r *cart.Result) {
 	}
 }
 
-func (m *metrics) observe(route string, status int, d time.Duration) {
-	m.requests.WithLabelValues(route, strconv.Itoa(status)).Inc()
-	m.latency.WithLabelValues(route).Observe(d.Seconds())
-}
-
 func (m *metrics) reservation(r *allocator.Result) {
 	outcome := "held"
 	switch {
@@ -98,7 +190,7 @@ func (m *metrics) reservation(r *allocator.Result) {
 	case r.Reservation != nil && r.Reservation.State == allocator.StateWaiting:
 		outcome = "queued"
 	}
-	m.reservations.WithLabelValues(outcome).Inc()
+	m.outcomes.get(outcome).Inc()
 }
 
 // hotPoolsLabelled bounds the pool label's cardinality: only the busiest

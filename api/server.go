@@ -5,6 +5,7 @@
 package api
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/json"
@@ -14,8 +15,8 @@ import (
 	"net"
 	"net/url"
 	"strconv"
-	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -52,7 +53,9 @@ type Config struct {
 	Logger   *slog.Logger
 	// RequestTimeout bounds how long a request waits for replication;
 	// default 10s. Past it the answer is 503 unavailable (retry with the
-	// same Idempotency-Key: the write may have committed).
+	// same Idempotency-Key: the write may have committed). Requests share
+	// deadlines (see deadlines), so a wait may last up to 1% (at most
+	// 10 ms) longer, never shorter.
 	RequestTimeout time.Duration
 }
 
@@ -69,6 +72,8 @@ type Server struct {
 	metrics *metrics
 	promH   fasthttp.RequestHandler
 	srv     *fasthttp.Server
+	rt      routes
+	dl      deadlines
 
 	clientsMu sync.Mutex
 	clients   map[string]*fasthttp.HostClient
@@ -95,6 +100,8 @@ func New(cfg Config) *Server {
 		clients: make(map[string]*fasthttp.HostClient),
 	}
 	s.metrics = newMetrics(cfg.Registry, cfg.Alloc)
+	s.rt = s.newRoutes()
+	s.dl = deadlines{timeout: cfg.RequestTimeout, slack: min(cfg.RequestTimeout/100, 10*time.Millisecond)}
 	s.promH = fasthttpadaptor.NewFastHTTPHandler(promhttp.HandlerFor(cfg.Registry, promhttp.HandlerOpts{}))
 	s.srv = &fasthttp.Server{
 		Handler:                      s.Handle,
@@ -153,20 +160,71 @@ func writeJSON(ctx *fasthttp.RequestCtx, status int, v any) {
 	ctx.SetBody(b)
 }
 
+// writeError answers with the contract's error object, as json.Marshal
+// of struct{Error *apiError `json:"error"`} would render it.
 func writeError(ctx *fasthttp.RequestCtx, e *apiError) {
 	if e.Status == fasthttp.StatusServiceUnavailable {
 		ctx.Response.Header.Set("Retry-After", "1")
 	}
-	writeJSON(ctx, e.Status, struct {
-		Error *apiError `json:"error"`
-	}{e})
+	bp := bufPool.Get().(*[]byte)
+	b, ok := appendError((*bp)[:0], e)
+	status := e.Status
+	if !ok {
+		status, b = fasthttp.StatusInternalServerError, append(b[:0], encodingFailed...)
+	}
+	writeBody(ctx, status, bp, b)
 }
 
-// route is a matched endpoint: its name labels metrics.
+// route is an endpoint: its name labels metrics. Routes are built once,
+// in New.
 type route struct {
 	name  string
 	write bool // proposes; followers forward it
 	h     func(*fasthttp.RequestCtx, []string) *apiError
+	obs   *routeMetrics
+}
+
+// routes are the Server's endpoints, plus the pseudo-routes that label
+// requests matching none.
+type routes struct {
+	metrics, health, cluster                              *route
+	listPools, getPool, putPool, adjustPool               *route
+	reserve, getReservation, confirm, release, extend     *route
+	createCart, getCart, addLine, merge, review, checkout *route
+	setLine, deleteLine, getCheckout, confirmCheckout     *route
+	unmatched, methodNotAllowed                           *route
+}
+
+func (s *Server) newRoutes() routes {
+	r := func(name string, write bool, h func(*fasthttp.RequestCtx, []string) *apiError) *route {
+		return &route{name: name, write: write, h: h, obs: s.metrics.route(name)}
+	}
+	return routes{
+		metrics:          r("metrics", false, s.metricsHandler),
+		health:           r("health", false, s.health),
+		cluster:          r("cluster", false, s.cluster),
+		listPools:        r("list_pools", false, s.listPools),
+		getPool:          r("get_pool", false, s.getPool),
+		putPool:          r("put_pool", true, s.putPool),
+		adjustPool:       r("adjust_pool", true, s.adjustPool),
+		reserve:          r("reserve", true, s.reserve),
+		getReservation:   r("get_reservation", false, s.getReservation),
+		confirm:          r("confirm", true, s.confirm),
+		release:          r("release", true, s.release),
+		extend:           r("extend", true, s.extend),
+		createCart:       r("create_cart", true, s.createCart),
+		getCart:          r("get_cart", false, s.getCart),
+		addLine:          r("add_line", true, s.addLine),
+		merge:            r("merge", true, s.mergeCarts),
+		review:           r("review", true, s.reviewCart),
+		checkout:         r("checkout", true, s.startCheckout),
+		setLine:          r("set_line", true, s.setLineQty),
+		deleteLine:       r("delete_line", true, s.deleteLine),
+		getCheckout:      r("get_checkout", false, s.getCheckout),
+		confirmCheckout:  r("confirm_checkout", true, s.confirmCheckout),
+		unmatched:        r("unmatched", false, nil),
+		methodNotAllowed: r("method_not_allowed", false, nil),
+	}
 }
 
 // Handle is the fasthttp handler for the whole API.
@@ -174,166 +232,207 @@ func (s *Server) Handle(ctx *fasthttp.RequestCtx) {
 	start := time.Now()
 	ctx.Response.Header.Set("X-Holdfast-Node", s.node.ID())
 	rt, args, e := s.match(ctx)
-	name := "unmatched"
-	if rt != nil {
-		name = rt.name
-		if e == nil {
-			if s.shouldForward(ctx, rt) {
-				e = s.forward(ctx)
-			} else {
-				e = rt.h(ctx, args)
-			}
+	if e == nil {
+		if s.shouldForward(ctx, rt) {
+			e = s.forward(ctx)
+		} else {
+			e = rt.h(ctx, args)
 		}
 	}
 	if e != nil {
 		writeError(ctx, e)
 	}
-	s.metrics.observe(name, ctx.Response.StatusCode(), time.Since(start))
+	rt.obs.observe(ctx.Response.StatusCode(), time.Since(start))
+}
+
+// maxPathParts is the most path segments a route has
+// (/v1/carts/{id}/lines/{line}).
+const maxPathParts = 5
+
+// pathParts are a request path's segments, unescaped: slices of the raw
+// path (or, for an escaped segment, of its unescaped copy), so matching
+// allocates nothing; only a route's arguments become strings.
+type pathParts [][]byte
+
+// is reports whether segment i is s.
+func (p pathParts) is(i int, s string) bool { return string(p[i]) == s }
+
+// splitPath splits the raw path (query cut, slashes trimmed at both ends)
+// on "/" into parts, unescaping each. It returns nil parts when there are
+// more than fit (no route has that many), after still checking every
+// escape.
+func splitPath(raw []byte, parts pathParts) (pathParts, *apiError) {
+	if i := bytes.IndexByte(raw, '?'); i >= 0 {
+		raw = raw[:i]
+	}
+	raw = bytes.Trim(raw, "/")
+	tooMany := false
+	for {
+		seg, rest, more := bytes.Cut(raw, []byte{'/'})
+		if bytes.IndexByte(seg, '%') >= 0 {
+			u, err := url.PathUnescape(string(seg))
+			if err != nil {
+				return nil, badRequest("bad path escape")
+			}
+			seg = []byte(u)
+		}
+		if len(parts) < cap(parts) {
+			parts = append(parts, seg)
+		} else {
+			tooMany = true
+		}
+		if !more {
+			break
+		}
+		raw = rest
+	}
+	if tooMany {
+		return nil, nil
+	}
+	return parts, nil
 }
 
 // match finds the route for the request. Path segments are split on the
 // raw path, then unescaped, so a pool id containing "/" works when escaped.
+// The route is never nil; with an error it labels the request's metrics.
 func (s *Server) match(ctx *fasthttp.RequestCtx) (*route, []string, *apiError) {
-	raw := string(ctx.Request.URI().PathOriginal())
-	if i := strings.IndexByte(raw, '?'); i >= 0 {
-		raw = raw[:i]
+	var buf [maxPathParts][]byte
+	parts, e := splitPath(ctx.Request.URI().PathOriginal(), buf[:0])
+	if e != nil {
+		return s.rt.unmatched, nil, e
 	}
-	parts := strings.Split(strings.Trim(raw, "/"), "/")
-	for i, p := range parts {
-		u, err := url.PathUnescape(p)
-		if err != nil {
-			return nil, nil, badRequest("bad path escape")
-		}
-		parts[i] = u
-	}
-	m := string(ctx.Method())
+	m := ctx.Method()
+	method := func(want string) bool { return string(m) == want }
 	var rt *route
-	var args []string
+	nargs := 0 // the route's arguments: parts[2], then parts[4]
 	notAllowed := func(allowed string) (*route, []string, *apiError) {
 		ctx.Response.Header.Set("Allow", allowed)
-		return &route{name: "method_not_allowed"}, nil, &apiError{Status: fasthttp.StatusMethodNotAllowed, Code: codeMethodNotAllowed, Message: "method not allowed; use " + allowed}
+		return s.rt.methodNotAllowed, nil, &apiError{Status: fasthttp.StatusMethodNotAllowed, Code: codeMethodNotAllowed, Message: "method not allowed; use " + allowed}
 	}
 	switch {
-	case len(parts) == 1 && parts[0] == "metrics":
-		if m != "GET" {
+	case len(parts) == 1 && parts.is(0, "metrics"):
+		if !method("GET") {
 			return notAllowed("GET")
 		}
-		rt = &route{name: "metrics", h: s.metricsHandler}
-	case len(parts) < 2 || parts[0] != "v1":
-	case len(parts) == 2 && parts[1] == "health":
-		if m != "GET" {
+		rt = s.rt.metrics
+	case len(parts) < 2 || !parts.is(0, "v1"):
+	case len(parts) == 2 && parts.is(1, "health"):
+		if !method("GET") {
 			return notAllowed("GET")
 		}
-		rt = &route{name: "health", h: s.health}
-	case len(parts) == 2 && parts[1] == "cluster":
-		if m != "GET" {
+		rt = s.rt.health
+	case len(parts) == 2 && parts.is(1, "cluster"):
+		if !method("GET") {
 			return notAllowed("GET")
 		}
-		rt = &route{name: "cluster", h: s.cluster}
-	case len(parts) == 2 && parts[1] == "pools":
-		if m != "GET" {
+		rt = s.rt.cluster
+	case len(parts) == 2 && parts.is(1, "pools"):
+		if !method("GET") {
 			return notAllowed("GET")
 		}
-		rt = &route{name: "list_pools", h: s.listPools}
-	case len(parts) == 3 && parts[1] == "pools":
-		args = parts[2:]
-		switch m {
-		case "GET":
-			rt = &route{name: "get_pool", h: s.getPool}
-		case "PUT":
-			rt = &route{name: "put_pool", write: true, h: s.putPool}
+		rt = s.rt.listPools
+	case len(parts) == 3 && parts.is(1, "pools"):
+		nargs = 1
+		switch {
+		case method("GET"):
+			rt = s.rt.getPool
+		case method("PUT"):
+			rt = s.rt.putPool
 		default:
 			return notAllowed("GET, PUT")
 		}
-	case len(parts) == 4 && parts[1] == "pools" && parts[3] == "adjust":
-		if m != "POST" {
+	case len(parts) == 4 && parts.is(1, "pools") && parts.is(3, "adjust"):
+		if !method("POST") {
 			return notAllowed("POST")
 		}
-		args = parts[2:3]
-		rt = &route{name: "adjust_pool", write: true, h: s.adjustPool}
-	case len(parts) == 2 && parts[1] == "reservations":
-		if m != "POST" {
+		nargs = 1
+		rt = s.rt.adjustPool
+	case len(parts) == 2 && parts.is(1, "reservations"):
+		if !method("POST") {
 			return notAllowed("POST")
 		}
-		rt = &route{name: "reserve", write: true, h: s.reserve}
-	case len(parts) == 3 && parts[1] == "reservations":
-		if m != "GET" {
+		rt = s.rt.reserve
+	case len(parts) == 3 && parts.is(1, "reservations"):
+		if !method("GET") {
 			return notAllowed("GET")
 		}
-		args = parts[2:]
-		rt = &route{name: "get_reservation", h: s.getReservation}
-	case len(parts) == 4 && parts[1] == "reservations":
-		args = parts[2:]
-		switch parts[3] {
+		nargs = 1
+		rt = s.rt.getReservation
+	case len(parts) == 4 && parts.is(1, "reservations"):
+		nargs = 1
+		switch string(parts[3]) {
 		case "confirm":
-			rt = &route{name: "confirm", write: true, h: s.confirm}
+			rt = s.rt.confirm
 		case "release":
-			rt = &route{name: "release", write: true, h: s.release}
+			rt = s.rt.release
 		case "extend":
-			rt = &route{name: "extend", write: true, h: s.extend}
+			rt = s.rt.extend
 		}
 		// Only an existing endpoint can refuse a method; an unknown
 		// action is 404 whatever the method.
-		if rt != nil && m != "POST" {
+		if rt != nil && !method("POST") {
 			return notAllowed("POST")
 		}
 	}
 	if rt == nil && s.carts != nil {
-		rt, args = s.matchCarts(parts, m)
-		if rt != nil && rt.h == nil {
-			return notAllowed(rt.name)
+		var allow string
+		rt, allow, nargs = s.matchCarts(parts, method)
+		if allow != "" {
+			return notAllowed(allow)
 		}
 	}
 	if rt == nil {
-		return &route{name: "unmatched"}, nil, notFound("no such endpoint")
+		return s.rt.unmatched, nil, notFound("no such endpoint")
 	}
-	return rt, args, nil
+	switch nargs {
+	case 1:
+		return rt, []string{string(parts[2])}, nil
+	case 2:
+		return rt, []string{string(parts[2]), string(parts[4])}, nil
+	}
+	return rt, nil, nil
 }
 
-// matchCarts routes /v1/carts and /v1/checkouts. A known path with the
-// wrong method returns a route without handler whose name is the Allow
-// value.
-func (s *Server) matchCarts(parts []string, m string) (*route, []string) {
-	w := func(name string, h func(*fasthttp.RequestCtx, []string) *apiError) *route {
-		return &route{name: name, write: true, h: h}
-	}
-	only := func(method, allow string, rt *route) *route {
-		if m != method {
-			return &route{name: allow}
+// matchCarts routes /v1/carts and /v1/checkouts: the route and how many
+// arguments it takes (parts[2], then parts[4]), or, for a known path with
+// the wrong method, the methods to allow.
+func (s *Server) matchCarts(parts pathParts, method func(string) bool) (rt *route, allow string, nargs int) {
+	only := func(m string, rt *route, nargs int) (*route, string, int) {
+		if !method(m) {
+			return nil, m, 0
 		}
-		return rt
+		return rt, "", nargs
 	}
 	switch {
-	case len(parts) == 2 && parts[1] == "carts":
-		return only("POST", "POST", w("create_cart", s.createCart)), nil
-	case len(parts) == 3 && parts[1] == "carts":
-		return only("GET", "GET", &route{name: "get_cart", h: s.getCart}), parts[2:]
-	case len(parts) == 4 && parts[1] == "carts":
-		switch parts[3] {
+	case len(parts) == 2 && parts.is(1, "carts"):
+		return only("POST", s.rt.createCart, 0)
+	case len(parts) == 3 && parts.is(1, "carts"):
+		return only("GET", s.rt.getCart, 1)
+	case len(parts) == 4 && parts.is(1, "carts"):
+		switch string(parts[3]) {
 		case "lines":
-			return only("POST", "POST", w("add_line", s.addLine)), parts[2:3]
+			return only("POST", s.rt.addLine, 1)
 		case "merge":
-			return only("POST", "POST", w("merge", s.mergeCarts)), parts[2:3]
+			return only("POST", s.rt.merge, 1)
 		case "review":
-			return only("POST", "POST", w("review", s.reviewCart)), parts[2:3]
+			return only("POST", s.rt.review, 1)
 		case "checkout":
-			return only("POST", "POST", w("checkout", s.startCheckout)), parts[2:3]
+			return only("POST", s.rt.checkout, 1)
 		}
-	case len(parts) == 5 && parts[1] == "carts" && parts[3] == "lines":
-		args := []string{parts[2], parts[4]}
-		switch m {
-		case "PATCH":
-			return w("set_line", s.setLineQty), args
-		case "DELETE":
-			return w("delete_line", s.deleteLine), args
+	case len(parts) == 5 && parts.is(1, "carts") && parts.is(3, "lines"):
+		switch {
+		case method("PATCH"):
+			return s.rt.setLine, "", 2
+		case method("DELETE"):
+			return s.rt.deleteLine, "", 2
 		}
-		return &route{name: "PATCH, DELETE"}, nil
-	case len(parts) == 3 && parts[1] == "checkouts":
-		return only("GET", "GET", &route{name: "get_checkout", h: s.getCheckout}), parts[2:]
-	case len(parts) == 4 && parts[1] == "checkouts" && parts[3] == "confirm":
-		return only("POST", "POST", w("confirm_checkout", s.confirmCheckout)), parts[2:3]
+		return nil, "PATCH, DELETE", 0
+	case len(parts) == 3 && parts.is(1, "checkouts"):
+		return only("GET", s.rt.getCheckout, 1)
+	case len(parts) == 4 && parts.is(1, "checkouts") && parts.is(3, "confirm"):
+		return only("POST", s.rt.confirmCheckout, 1)
 	}
-	return nil, nil
+	return nil, "", 0
 }
 
 // ---- consistency, forwarding and proposing ----
@@ -424,7 +523,7 @@ func (s *Server) propose(ctx *fasthttp.RequestCtx, c *allocator.Command) (alloca
 	if e := idempotency(ctx, c); e != nil {
 		return allocator.Result{}, e
 	}
-	res, e := s.replicate(c.AppendEncode(nil))
+	res, e := s.replicate(c.AppendEncode(commandBuf(c)))
 	if e != nil {
 		return allocator.Result{}, e
 	}
@@ -435,11 +534,24 @@ func (s *Server) propose(ctx *fasthttp.RequestCtx, c *allocator.Command) (alloca
 	return r, nil
 }
 
-// replicate proposes an encoded command and waits for its result.
+// commandBuf returns an empty buffer with room for c's encoding, so that
+// AppendEncode allocates once instead of growing from nothing. It cannot
+// be pooled: a proposal that times out may still be read later.
+func commandBuf(c *allocator.Command) []byte {
+	n := 48 + len(c.IdemKey) + allocator.HashLen + len(c.Buyer) + len(c.Pool)
+	if c.Kind == allocator.KindPutPool {
+		n += 160 + len(c.Config.Draw.Seed) // a dozen varints
+	}
+	for i := range c.Lines {
+		n += 12 + len(c.Lines[i].Pool)
+	}
+	return make([]byte, 0, n)
+}
+
+// replicate proposes an encoded command and waits for its result, at
+// most RequestTimeout.
 func (s *Server) replicate(cmd []byte) (any, *apiError) {
-	cctx, cancel := context.WithTimeout(context.Background(), s.cfg.RequestTimeout)
-	defer cancel()
-	res, err := s.node.Propose(cctx, cmd)
+	res, err := s.node.Propose(s.dl.get(), cmd)
 	if err != nil {
 		return nil, s.replicationError(err)
 	}
@@ -459,6 +571,38 @@ func (s *Server) replicationError(err error) *apiError {
 	return unavailable("replication failed: " + err.Error())
 }
 
+// deadlines hands out the contexts that bound replication waits. A
+// context per request (context.WithTimeout: a timer started and stopped,
+// a cancel context and its channel) is a measurable share of a
+// reservation's CPU; instead, requests starting within slack of each other
+// share one context whose deadline is timeout+slack after the first of
+// them started. Every request so gets at least timeout, and at most
+// timeout+slack. Shared contexts are never cancelled early: each ends
+// at its deadline, by its own timer.
+type deadlines struct {
+	timeout, slack time.Duration
+	cur            atomic.Pointer[sharedDeadline]
+}
+
+type sharedDeadline struct {
+	ctx        context.Context
+	cancel     context.CancelFunc // runs at the deadline anyway; kept for form
+	reuseUntil time.Time          // later requests take a new context
+}
+
+// get returns a context that expires between timeout and timeout+slack
+// from now.
+func (d *deadlines) get() context.Context {
+	now := time.Now()
+	if c := d.cur.Load(); c != nil && now.Before(c.reuseUntil) {
+		return c.ctx
+	}
+	ctx, cancel := context.WithDeadline(context.Background(), now.Add(d.timeout+d.slack))
+	// Racing requests may each make one; the last stored is shared.
+	d.cur.Store(&sharedDeadline{ctx: ctx, cancel: cancel, reuseUntil: now.Add(d.slack)})
+	return ctx
+}
+
 // readBarrier prepares a local read: linearizable unless ?consistency=stale.
 // It returns the as_of time and the consistency name.
 func (s *Server) readBarrier(ctx *fasthttp.RequestCtx) (int64, string, *apiError) {
@@ -468,9 +612,7 @@ func (s *Server) readBarrier(ctx *fasthttp.RequestCtx) (int64, string, *apiError
 	if c := string(ctx.QueryArgs().Peek("consistency")); c != "" && c != "linearizable" {
 		return 0, "", badRequest(`consistency must be "linearizable" or "stale"`)
 	}
-	cctx, cancel := context.WithTimeout(context.Background(), s.cfg.RequestTimeout)
-	defer cancel()
-	if err := s.node.ReadBarrier(cctx); err != nil {
+	if err := s.node.ReadBarrier(s.dl.get()); err != nil {
 		return 0, "", s.replicationError(err)
 	}
 	return s.node.NowMs(), "linearizable", nil
@@ -480,9 +622,9 @@ func resultError(r *allocator.Result) *apiError {
 	var details any
 	switch {
 	case len(r.Err.Lines) > 0:
-		details = map[string]any{"lines": linesOut(r.Err.Lines)}
+		details = linesDetails(r.Err.Lines)
 	case r.Reservation != nil:
-		details = map[string]any{"reservation": reservationOut(r.Reservation)}
+		details = reservationDetails{r.Reservation}
 	}
 	return fromDomain(r.Err, details)
 }
@@ -635,8 +777,9 @@ func (s *Server) listPools(ctx *fasthttp.RequestCtx, _ []string) *apiError {
 }
 
 func (s *Server) reserve(ctx *fasthttp.RequestCtx, _ []string) *apiError {
-	var req reserveReq
-	if e := decodeStrict(ctx.Request.Body(), &req); e != nil {
+	var lineBuf [4]allocator.LineRequest // most requests hold few lines
+	req, e := decodeReserve(ctx.Request.Body(), lineBuf[:0])
+	if e != nil {
 		return e
 	}
 	c := allocator.Command{Kind: allocator.KindReserve, Buyer: req.Buyer, Wait: req.Wait}
@@ -646,7 +789,6 @@ func (s *Server) reserve(ctx *fasthttp.RequestCtx, _ []string) *apiError {
 	if len(req.Lines) == 0 || len(req.Lines) > allocator.MaxLines {
 		return badRequest("lines must hold 1 to 100 lines")
 	}
-	c.Lines = make([]allocator.LineRequest, len(req.Lines))
 	for i, l := range req.Lines {
 		if !allocator.ValidID(l.Pool) {
 			return badRequest("lines[" + strconv.Itoa(i) + "].pool must be a pool id")
@@ -654,18 +796,18 @@ func (s *Server) reserve(ctx *fasthttp.RequestCtx, _ []string) *apiError {
 		if l.Qty < 1 || l.Qty > allocator.MaxQty {
 			return badRequest("lines[" + strconv.Itoa(i) + "].qty must be between 1 and 1000000")
 		}
-		c.Lines[i] = allocator.LineRequest{Pool: l.Pool, Qty: l.Qty}
 	}
-	if req.TTLMs != nil {
-		if *req.TTLMs < allocator.MinTTLMs || *req.TTLMs > allocator.MaxTTLMs {
+	c.Lines = req.Lines
+	if req.HasTTL {
+		if req.TTLMs < allocator.MinTTLMs || req.TTLMs > allocator.MaxTTLMs {
 			return badRequest("ttl_ms must be between 1 and 2592000000")
 		}
-		c.TTLMs = *req.TTLMs
+		c.TTLMs = req.TTLMs
 	}
-	if req.Mode != nil {
-		switch *req.Mode {
-		case "all_or_nothing":
-		case "partial":
+	if req.HasMode {
+		switch req.Mode {
+		case modeAllOrNothing:
+		case modePartial:
 			c.Partial = true
 		default:
 			return badRequest(`mode must be "all_or_nothing" or "partial"`)
@@ -679,7 +821,7 @@ func (s *Server) reserve(ctx *fasthttp.RequestCtx, _ []string) *apiError {
 	if r.Err != nil {
 		return resultError(&r)
 	}
-	writeJSON(ctx, fasthttp.StatusCreated, reservationOut(r.Reservation))
+	writeReservation(ctx, fasthttp.StatusCreated, r.Reservation)
 	return nil
 }
 
@@ -703,7 +845,7 @@ func (s *Server) getReservation(ctx *fasthttp.RequestCtx, args []string) *apiErr
 	if err != nil {
 		return fromDomain(err, nil)
 	}
-	writeJSON(ctx, fasthttp.StatusOK, reservationOut(v))
+	writeReservation(ctx, fasthttp.StatusOK, v)
 	return nil
 }
 
@@ -721,7 +863,7 @@ func (s *Server) transition(ctx *fasthttp.RequestCtx, args []string, c allocator
 	if r.Err != nil {
 		return resultError(&r)
 	}
-	writeJSON(ctx, fasthttp.StatusOK, reservationOut(r.Reservation))
+	writeReservation(ctx, fasthttp.StatusOK, r.Reservation)
 	return nil
 }
 
