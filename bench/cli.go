@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -81,6 +82,13 @@ time), or closed loop with --concurrency requests in flight (when --rate is not 
 Without either: open loop spreading the sessions over --duration. New sessions start
 for --duration; their follow-ups (confirms, polls) get --drain more.
 
+Max load (--find-max, drop and retail): per target, a closed-loop ramp (--find-max-steps
+requests in flight, --find-max-step each, think times skipped, fresh pools each step)
+finds the most ops/s sustained with p99 within --find-max-p99; the ramp stops when
+1 + --find-max-patience steps in a row add no more than 5%, or one passes the bound. Then the measured run: open loop at
+--find-max-share (50%) of that rate for --duration. The ledger checks run after every
+step and after the measured run.
+
 Run "holdfast bench SCENARIO -h" for the flags.
 `
 
@@ -116,6 +124,16 @@ func parseOptions(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.plotPath, "plot", "", "draw throughput and p99 over time to this .svg or .png file")
 	fs.BoolVar(&o.progress, "progress", true, "print a progress line to stderr every second")
 	fs.IntVar(&o.probes, "probes", 8, "expiry-lag probe pools (0: no expiry-lag measure)")
+	fs.BoolVar(&o.leaderAware, "leader-aware", true, "holdfast targets: send writes and linearizable reads straight to the leader (learned from X-Holdfast-Node); false: round-robin, followers forward")
+	var steps string
+	if o.scenario != "merge" {
+		fs.BoolVar(&o.findMax, "find-max", false, "find each target's max throughput with a closed-loop ramp, then measure at --find-max-share of it (open loop)")
+		fs.StringVar(&steps, "find-max-steps", "16,32,64,128,256,512,1024", "find-max: requests in flight of the ramp's steps, increasing (at most 12)")
+		fs.DurationVar(&o.findMaxStep, "find-max-step", 3*time.Second, "find-max: length of one step (its first third is warm-up, not measured)")
+		fs.DurationVar(&o.findMaxP99, "find-max-p99", 250*time.Millisecond, "find-max: a step whose p99 passes this is over the max")
+		fs.IntVar(&o.findMaxPatience, "find-max-patience", 1, "find-max: steps in a row that may add no more than 5% before the ramp stops")
+		fs.Float64Var(&o.findMaxShare, "find-max-share", 0.5, "find-max: load of the measured run, as a share of the max")
+	}
 	fs.DurationVar(&o.holdTTL, "hold-ttl", 5*time.Second, "hold TTL (checkout holds, drop holds, waitlist offers)")
 	thinkMin, thinkMax := 200*time.Millisecond, 2*time.Second
 	if o.scenario == "merge" { // clicks between cart edits
@@ -159,6 +177,16 @@ func parseOptions(args []string, stderr io.Writer) (*options, error) {
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
+	o.findMaxGrowth = 0.05
+	if o.findMax {
+		for _, f := range strings.Split(steps, ",") {
+			n, err := strconv.Atoi(strings.TrimSpace(f))
+			if err != nil {
+				return nil, fmt.Errorf("--find-max-steps: %q is not a number", f)
+			}
+			o.findMaxSteps = append(o.findMaxSteps, n)
+		}
+	}
 	o.targets = targets
 	if len(o.targets) == 0 {
 		o.targets = []string{"http://127.0.0.1:8080"}
@@ -182,6 +210,27 @@ func (o *options) validate() error {
 		return errors.New("--poll must be positive")
 	case o.abandon < 0 || o.abandon > 1:
 		return errors.New("--abandon must be between 0 and 1")
+	}
+	if o.findMax {
+		switch {
+		case o.rate > 0 || o.concurrency > 0:
+			return errors.New("--find-max sets the load itself: drop --rate and --concurrency")
+		case len(o.findMaxSteps) == 0 || len(o.findMaxSteps) > 12:
+			return errors.New("--find-max-steps must list 1 to 12 steps")
+		case o.findMaxStep < 500*time.Millisecond || o.findMaxStep > time.Minute:
+			return errors.New("--find-max-step must be between 500ms and 1m")
+		case o.findMaxP99 <= 0:
+			return errors.New("--find-max-p99 must be positive")
+		case o.findMaxShare <= 0 || o.findMaxShare > 1:
+			return errors.New("--find-max-share must be in (0, 1]")
+		case o.findMaxPatience < 0 || o.findMaxPatience > 12:
+			return errors.New("--find-max-patience must be between 0 and 12")
+		}
+		for i, n := range o.findMaxSteps {
+			if n < 1 || n > 65536 || (i > 0 && n <= o.findMaxSteps[i-1]) {
+				return errors.New("--find-max-steps must be increasing, each between 1 and 65536")
+			}
+		}
 	}
 	switch o.scenario {
 	case "drop":

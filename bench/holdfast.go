@@ -15,13 +15,26 @@ import (
 // Holdfast is the target for a holdfast cluster, spoken to over its HTTP
 // API (CONTRACT.md). It implements Target, HoldReader, PoolReader,
 // CartTarget and MergeTarget.
+//
+// Requests the leader must answer (every POST and PUT, and the
+// linearizable reads: pools, reservations, the pool listing) go through
+// httpNodes.doLeader: with TargetOptions.LeaderAware straight to the
+// leader once an answer has named it, else round-robin like everything
+// else (a follower forwards them). Reads that allow staleness, a pool read
+// with ?consistency=stale (InStock) and a cart read, are always spread
+// over every node.
 type Holdfast struct {
 	url   string
 	nodes *httpNodes
+
+	mu         sync.Mutex
+	discovered bool
+	discovery  string // what discover found, for the notes
 }
 
 // OpenHoldfast opens "http://host:port[,host:port...]": every node of the
-// cluster, requests spread over them round-robin.
+// cluster, requests spread over them round-robin (see Holdfast for the
+// leader-aware routing).
 func OpenHoldfast(rawURL string, opts TargetOptions) (Target, error) {
 	addrs, err := parseNodes(rawURL, "http")
 	if err != nil {
@@ -31,6 +44,86 @@ func OpenHoldfast(rawURL string, opts TargetOptions) (Target, error) {
 		return nil, fmt.Errorf("target %q: no nodes", rawURL)
 	}
 	return &Holdfast{url: rawURL, nodes: newHTTPNodes(addrs, opts)}, nil
+}
+
+// RouteStats reports how the requests the leader answers were routed so
+// far (see httpNodes).
+func (h *Holdfast) RouteStats() RouteStats { return h.nodes.routeStats() }
+
+// DiscoveryNote says what the leader-aware client learned from the
+// cluster at Setup ("" when not leader-aware).
+func (h *Holdfast) DiscoveryNote() string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.discovery
+}
+
+// discover asks every listed node once for GET /v1/cluster and maps node
+// ids to the listed addresses: each node's own id (the "id" it answers
+// with) to the address it was reached at, and members whose api_addr is a
+// listed address to that address. The leader the nodes report becomes the
+// known leader. A node that does not answer is asked again at the next
+// Setup.
+func (h *Holdfast) discover(ctx context.Context) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.discovered || !h.nodes.leaderAware {
+		return
+	}
+	ids := map[string]int{}
+	if m := h.nodes.ids.Load(); m != nil {
+		for k, v := range *m {
+			ids[k] = v
+		}
+	}
+	index := map[string]int{}
+	for i, a := range h.nodes.addrs {
+		index[a] = i
+	}
+	var leader string
+	answered := 0
+	for i := range h.nodes.addrs {
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		st, body, err := h.nodes.doAt(cctx, i, "GET", "/v1/cluster")
+		cancel()
+		if err != nil || st != 200 {
+			continue
+		}
+		var c struct {
+			ID      string `json:"id"`
+			Leader  string `json:"leader"`
+			Members []struct {
+				ID      string `json:"id"`
+				APIAddr string `json:"api_addr"`
+			} `json:"members"`
+		}
+		if json.Unmarshal(body, &c) != nil || c.ID == "" {
+			continue
+		}
+		answered++
+		ids[c.ID] = i
+		for _, m := range c.Members {
+			if j, ok := index[m.APIAddr]; ok {
+				if _, known := ids[m.ID]; !known {
+					ids[m.ID] = j
+				}
+			}
+		}
+		if c.Leader != "" {
+			leader = c.Leader
+		}
+	}
+	h.nodes.setIDs(ids)
+	if leader != "" {
+		h.nodes.setLeader([]byte(leader))
+	}
+	h.discovered = answered == len(h.nodes.addrs)
+	names := make([]string, 0, len(ids))
+	for id, i := range ids {
+		names = append(names, id+"="+h.nodes.addrs[i])
+	}
+	sort.Strings(names)
+	h.discovery = fmt.Sprintf("GET /v1/cluster: %d of %d nodes answered; ids %s; leader %q", answered, len(h.nodes.addrs), strings.Join(names, " "), leader)
 }
 
 // Name implements Target.
@@ -184,21 +277,69 @@ func poolBody(p PoolSpec) []byte {
 	return []byte(b.String())
 }
 
-// Setup implements Target: PUT /v1/pools/{id} for every pool, 64 at a time.
+// Setup implements Target: PUT /v1/pools/{id} for every pool, 64 at a
+// time. A leader-aware client first maps the cluster (discover). Then it
+// waits until every node has applied the pools (waitApplied), so that the
+// first stale reads, answered by followers, find them.
 func (h *Holdfast) Setup(ctx context.Context, pools []PoolSpec) error {
-	return parallel(ctx, len(pools), 64, func(i int) error {
+	h.discover(ctx)
+	err := parallel(ctx, len(pools), 64, func(i int) error {
 		p := pools[i]
-		st, body, err := h.nodes.do(ctx, "PUT", "/v1/pools/"+url.PathEscape(p.ID), poolBody(p), "")
+		st, body, err := h.nodes.doLeader(ctx, "PUT", "/v1/pools/"+url.PathEscape(p.ID), poolBody(p), "")
 		if err != nil || (st != 200 && st != 201) {
 			return fmt.Errorf("PUT pool %s: HTTP %d %s %v", p.ID, st, body, err)
 		}
 		return nil
 	})
+	if err != nil {
+		return err
+	}
+	h.waitApplied(ctx, 5*time.Second)
+	return nil
+}
+
+// clusterIndexes reads one node's commit and applied indexes.
+func (h *Holdfast) clusterIndexes(ctx context.Context, i int) (commit, applied uint64, ok bool) {
+	cctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	st, body, err := h.nodes.doAt(cctx, i, "GET", "/v1/cluster")
+	if err != nil || st != 200 {
+		return 0, 0, false
+	}
+	var c struct {
+		CommitIndex  uint64 `json:"commit_index"`
+		AppliedIndex uint64 `json:"applied_index"`
+	}
+	if json.Unmarshal(body, &c) != nil {
+		return 0, 0, false
+	}
+	return c.CommitIndex, c.AppliedIndex, true
+}
+
+// waitApplied waits, at most limit, until every listed node has applied
+// the highest commit index any of them reports (a node that does not
+// answer is not waited for).
+func (h *Holdfast) waitApplied(ctx context.Context, limit time.Duration) {
+	var target uint64
+	for i := range h.nodes.addrs {
+		if c, _, ok := h.clusterIndexes(ctx, i); ok {
+			target = max(target, c)
+		}
+	}
+	deadline := time.Now().Add(limit)
+	for i := range h.nodes.addrs {
+		for ctx.Err() == nil && time.Now().Before(deadline) {
+			if _, a, ok := h.clusterIndexes(ctx, i); !ok || a >= target {
+				break
+			}
+			sleepUntil(ctx, time.Now().Add(5*time.Millisecond))
+		}
+	}
 }
 
 // ReadPool implements PoolReader (a linearizable read).
 func (h *Holdfast) ReadPool(ctx context.Context, pool string) (PoolLedger, error) {
-	st, body, err := h.nodes.do(ctx, "GET", "/v1/pools/"+url.PathEscape(pool), nil, "")
+	st, body, err := h.nodes.doLeader(ctx, "GET", "/v1/pools/"+url.PathEscape(pool), nil, "")
 	if err != nil || st != 200 {
 		return PoolLedger{}, fmt.Errorf("GET pool %s: HTTP %d %s %v", pool, st, body, err)
 	}
@@ -259,7 +400,7 @@ func (h *Holdfast) Reserve(ctx context.Context, r ReserveRequest) (Hold, error) 
 		b = append(b, `,"wait":true`...)
 	}
 	b = append(b, '}')
-	st, body, err := h.nodes.do(ctx, "POST", "/v1/reservations", b, r.IdemKey)
+	st, body, err := h.nodes.doLeader(ctx, "POST", "/v1/reservations", b, r.IdemKey)
 	if err == nil && st == 201 {
 		var res hfReservation
 		if err := json.Unmarshal(body, &res); err != nil {
@@ -272,7 +413,7 @@ func (h *Holdfast) Reserve(ctx context.Context, r ReserveRequest) (Hold, error) 
 }
 
 func (h *Holdfast) transition(ctx context.Context, id, verb string) (Outcome, error) {
-	st, body, err := h.nodes.do(ctx, "POST", "/v1/reservations/"+url.PathEscape(id)+"/"+verb, nil, verb+"-"+id)
+	st, body, err := h.nodes.doLeader(ctx, "POST", "/v1/reservations/"+url.PathEscape(id)+"/"+verb, nil, verb+"-"+id)
 	if err == nil && st == 200 {
 		return OK, nil
 	}
@@ -291,7 +432,7 @@ func (h *Holdfast) Release(ctx context.Context, hd Hold) (Outcome, error) {
 }
 
 func (h *Holdfast) getReservation(ctx context.Context, id string) (*hfReservation, int, error) {
-	st, body, err := h.nodes.do(ctx, "GET", "/v1/reservations/"+url.PathEscape(id), nil, "")
+	st, body, err := h.nodes.doLeader(ctx, "GET", "/v1/reservations/"+url.PathEscape(id), nil, "")
 	if err != nil || st != 200 {
 		if st == 404 {
 			return nil, st, nil
@@ -384,7 +525,7 @@ func (h *Holdfast) listPools(ctx context.Context, pools []string, out map[string
 		if after != "" {
 			path += "&after=" + url.QueryEscape(after)
 		}
-		st, body, err := h.nodes.do(ctx, "GET", path, nil, "")
+		st, body, err := h.nodes.doLeader(ctx, "GET", path, nil, "")
 		if err != nil || st != 200 {
 			return fmt.Errorf("GET %s: HTTP %d %s %v", path, st, body, err)
 		}
@@ -420,7 +561,7 @@ func (c *hfCart) view() CartView {
 }
 
 func (h *Holdfast) cartWrite(ctx context.Context, path string, body []byte, idemKey string, okStatus int) (CartView, Outcome, error) {
-	st, resp, err := h.nodes.do(ctx, "POST", path, body, idemKey)
+	st, resp, err := h.nodes.doLeader(ctx, "POST", path, body, idemKey)
 	if err == nil && st == okStatus {
 		var c hfCart
 		if err := json.Unmarshal(resp, &c); err != nil {
@@ -469,7 +610,7 @@ func (h *Holdfast) Checkout(ctx context.Context, cartID string, expectedVersion,
 		body += `,"ttl_ms":` + strconv.FormatInt(ttlMs, 10)
 	}
 	body += "}"
-	st, resp, err := h.nodes.do(ctx, "POST", "/v1/carts/"+url.PathEscape(cartID)+"/checkout", []byte(body), idemKey)
+	st, resp, err := h.nodes.doLeader(ctx, "POST", "/v1/carts/"+url.PathEscape(cartID)+"/checkout", []byte(body), idemKey)
 	if err == nil && (st == 201 || st == 200) {
 		var co hfCheckout
 		if err := json.Unmarshal(resp, &co); err != nil {
@@ -501,7 +642,7 @@ func (h *Holdfast) Checkout(ctx context.Context, cartID string, expectedVersion,
 
 // ConfirmCheckout implements CartTarget: POST /v1/checkouts/{id}/confirm.
 func (h *Holdfast) ConfirmCheckout(ctx context.Context, checkoutID, idemKey string) (Outcome, error) {
-	st, body, err := h.nodes.do(ctx, "POST", "/v1/checkouts/"+url.PathEscape(checkoutID)+"/confirm", nil, idemKey)
+	st, body, err := h.nodes.doLeader(ctx, "POST", "/v1/checkouts/"+url.PathEscape(checkoutID)+"/confirm", nil, idemKey)
 	if err == nil && st == 200 {
 		return OK, nil
 	}
@@ -512,7 +653,7 @@ func (h *Holdfast) ConfirmCheckout(ctx context.Context, checkoutID, idemKey stri
 // MergeCarts implements MergeTarget: POST /v1/carts/{target}/merge.
 func (h *Holdfast) MergeCarts(ctx context.Context, target, source, policy, idemKey string) (MergeResult, error) {
 	body := `{"source":` + strconv.Quote(source) + `,"policy":` + strconv.Quote(policy) + `}`
-	st, resp, err := h.nodes.do(ctx, "POST", "/v1/carts/"+url.PathEscape(target)+"/merge", []byte(body), idemKey)
+	st, resp, err := h.nodes.doLeader(ctx, "POST", "/v1/carts/"+url.PathEscape(target)+"/merge", []byte(body), idemKey)
 	if err == nil && st == 200 {
 		var m struct {
 			Cart   hfCart `json:"cart"`

@@ -32,6 +32,10 @@ type ledgerInput struct {
 	// lastExpiry is the latest expires_at of a hold the harness knows; once
 	// it has passed, a pool without a waitlist must hold nothing.
 	lastExpiry time.Time
+	// noWait reads the ledger at once instead of waiting for lastExpiry
+	// (a find-max ramp step: the stuck-holds check is then n/a unless
+	// every hold is already due).
+	noWait bool
 }
 
 // checkLedger reads the target's final state and appends the checks:
@@ -57,7 +61,7 @@ func checkLedger(ctx context.Context, t Target, in ledgerInput, tr *TargetReport
 		names[i] = p.ID
 	}
 	// Let every known hold fall due before reading, within reason.
-	if wait := time.Until(in.lastExpiry.Add(500 * time.Millisecond)); wait > 0 && wait < 15*time.Second {
+	if wait := time.Until(in.lastExpiry.Add(500 * time.Millisecond)); !in.noWait && wait > 0 && wait < 15*time.Second {
 		time.Sleep(wait)
 	}
 	holds := dedupe(in.holds)

@@ -25,12 +25,21 @@ type recorder struct {
 	shards []*recShard
 	ops    atomic.Int64
 	fails  atomic.Int64
+	// winFrom and winTo (unix ns; 0: no window), set before the run, bound
+	// a measurement window: operations that end in [winFrom, winTo) also
+	// go to each shard's window histogram (the find-max ramp measures a
+	// step there, after its warm-up). cutWindow may end it early.
+	winFrom time.Time
+	winTo   atomic.Int64
 }
 
 type recShard struct {
 	mu   sync.Mutex
 	ops  map[string]*opStat
 	secs []*hdrhistogram.Histogram // by second since start, all operations
+	win  *hdrhistogram.Histogram   // the measurement window, all operations
+	// winFails counts the window's failed operations.
+	winFails int64
 }
 
 type opStat struct {
@@ -77,6 +86,15 @@ func (r *recorder) record(shard int, op string, o Outcome, lat time.Duration, en
 	if err != nil && st.firstErr == "" {
 		st.firstErr = err.Error()
 	}
+	if wt := r.winTo.Load(); wt != 0 && !end.Before(r.winFrom) && end.UnixNano() < wt {
+		if s.win == nil {
+			s.win = hdrhistogram.New(histMin, histMax, 3)
+		}
+		_ = s.win.RecordValue(us)
+		if o == Failed {
+			s.winFails++
+		}
+	}
 	if sec >= 0 {
 		for len(s.secs) <= sec {
 			s.secs = append(s.secs, nil)
@@ -112,6 +130,48 @@ func (r *recorder) second(sec int) *hdrhistogram.Histogram {
 }
 
 func usToMs(us int64) float64 { return float64(us) / 1000 }
+
+// setWindow sets the measurement window [from, to).
+func (r *recorder) setWindow(from, to time.Time) {
+	r.winFrom = from
+	r.winTo.Store(to.UnixNano())
+}
+
+// cutWindow ends the measurement window at t if it was to end later (the
+// closed loop ran out of sessions: its load falls from then on).
+func (r *recorder) cutWindow(t time.Time) {
+	v := t.UnixNano()
+	for {
+		cur := r.winTo.Load()
+		if cur == 0 || cur <= v || r.winTo.CompareAndSwap(cur, v) {
+			return
+		}
+	}
+}
+
+// windowEnd is when the measurement window ends (zero: no window).
+func (r *recorder) windowEnd() time.Time {
+	if v := r.winTo.Load(); v != 0 {
+		return time.Unix(0, v)
+	}
+	return time.Time{}
+}
+
+// window merges the measurement window's histograms and returns them with
+// the number of failed operations in it.
+func (r *recorder) window() (*hdrhistogram.Histogram, int64) {
+	out := hdrhistogram.New(histMin, histMax, 3)
+	var fails int64
+	for _, s := range r.shards {
+		s.mu.Lock()
+		if s.win != nil {
+			out.Merge(s.win)
+		}
+		fails += s.winFails
+		s.mu.Unlock()
+	}
+	return out, fails
+}
 
 // opsReport summarises every operation, sorted by name, and all of them
 // together; elapsed is the measured window for throughput.

@@ -57,7 +57,55 @@ type TargetReport struct {
 	ExpiryLag          *ExpiryLag     `json:"expiry_lag,omitempty"`
 	LateDisappointment *Disappointing `json:"late_disappointment,omitempty"`
 	Counters           []Counter      `json:"counters,omitempty"`
-	Notes              []string       `json:"notes,omitempty"`
+	// FindMax is the max-load ramp (--find-max); the rest of the report
+	// is then the measured run at its share of the max.
+	FindMax *FindMax `json:"find_max,omitempty"`
+	// Routing is how a holdfast target's writes and linearizable reads
+	// went: through a follower or straight to the leader.
+	Routing *RouteStats `json:"routing,omitempty"`
+	Notes   []string    `json:"notes,omitempty"`
+}
+
+// FindMax is a target's max-load search (see runFindMax).
+type FindMax struct {
+	Method     string     `json:"method"`
+	StepS      float64    `json:"step_s"`
+	WarmupS    float64    `json:"warmup_s"`
+	P99BoundMs float64    `json:"p99_bound_ms"`
+	Growth     float64    `json:"min_growth"`
+	Patience   int        `json:"patience"`
+	Share      float64    `json:"share"`
+	Steps      []RampStep `json:"steps"`
+	// MaxPerSec is the best throughput of the steps within the bound, at
+	// AtInFlight requests in flight.
+	MaxPerSec  float64 `json:"max_per_s"`
+	AtInFlight int     `json:"at_in_flight"`
+	Stopped    string  `json:"stopped"`
+	Note       string  `json:"note,omitempty"`
+	// Rate is the measured run's offered load: Share x MaxPerSec.
+	Rate float64 `json:"measured_rate"`
+}
+
+// RampStep is one step of the ramp, measured after its warm-up.
+type RampStep struct {
+	InFlight int     `json:"in_flight"`
+	Ops      int64   `json:"ops"`
+	Failed   int64   `json:"failed"`
+	PerSec   float64 `json:"per_s"`
+	P50      float64 `json:"p50_ms"`
+	P99      float64 `json:"p99_ms"`
+	P999     float64 `json:"p999_ms"`
+	SetupS   float64 `json:"setup_s"`
+	// Checks summarises the step's ledger checks.
+	Checks string `json:"checks"`
+	// Over: p99 over the bound or too many failures.
+	Over bool `json:"over"`
+	// ForwardedShare is the share of writes a follower forwarded
+	// (holdfast).
+	ForwardedShare *float64 `json:"forwarded_share,omitempty"`
+	// OutOfSessionsS: the scenario ran out of sessions this many seconds
+	// into the step; it was measured until then.
+	OutOfSessionsS float64 `json:"out_of_sessions_s,omitempty"`
 }
 
 // OpReport is one operation's throughput (over WindowS, the time from its
@@ -190,9 +238,18 @@ func (r *Report) WriteTable(w io.Writer) {
 		}
 		if t.Error != "" {
 			fmt.Fprintf(w, "error: %s\n", t.Error)
-			if len(t.Ops) == 0 {
-				continue
+		}
+		if fm := t.FindMax; fm != nil {
+			writeFindMax(w, fm)
+			if len(t.Ops) > 0 {
+				fmt.Fprintf(w, "measured run at %.0f%% of the max:\n", 100*fm.Share)
 			}
+		}
+		if len(t.Ops) == 0 {
+			for _, c := range t.Checks {
+				fmt.Fprintf(w, "  %s  %s  %d / %d  %s\n", c.Status, c.Name, c.Value, c.Of, c.Detail)
+			}
+			continue
 		}
 		fmt.Fprintf(w, "%s; setup %.1fs, load %.1fs; sessions %d, not started %d, continuations dropped at the end %d\n",
 			t.Mode, t.SetupS, t.ElapsedS, t.Sessions, t.NotStarted, t.Dropped)
@@ -265,32 +322,119 @@ func (r *Report) WriteTable(w io.Writer) {
 		}
 	}
 	if len(r.Targets) > 1 {
-		fmt.Fprintln(w, "\nsummary (all operations):")
-		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-		// The ratio column compares each target with the first holdfast
-		// target of the run (same run, same machine): holdfast's peak
-		// ops/s divided by the target's.
-		var ref float64
-		for _, t := range r.Targets {
-			if strings.HasPrefix(t.Target, "holdfast") && t.PeakPerSec > 0 && ref == 0 {
-				ref = t.PeakPerSec
-			}
+		if r.findMax() {
+			r.writeFindMaxSummary(w)
+		} else {
+			r.writeSummary(w)
 		}
-		fmt.Fprintln(tw, "target\tops\tops/s\tpeak ops/s\tholdfast x\tp50 ms\tp99 ms\tp99.9 ms\tmax ms\tfailed\tchecks\t")
-		for _, t := range r.Targets {
-			if t.Skipped != "" || len(t.Ops) == 0 {
-				fmt.Fprintf(tw, "%s\t-\t-\t-\t-\t-\t-\t-\t-\t-\t%s\t\n", t.Target, firstNonEmpty(t.Skipped, t.Error, "-"))
-				continue
-			}
-			ratio := "-"
-			if ref > 0 && t.PeakPerSec > 0 {
-				ratio = fmt.Sprintf("%.2f", ref/t.PeakPerSec)
-			}
-			o := t.Total
-			fmt.Fprintf(tw, "%s\t%d\t%.0f\t%.0f\t%s\t%.2f\t%.2f\t%.2f\t%.2f\t%d\t%s\t\n", t.Target, o.Count, o.PerSec, t.PeakPerSec, ratio, o.P50, o.P99, o.P999, o.Max, o.Outcomes["failed"], checksText(t.Checks))
-		}
-		tw.Flush()
 	}
+}
+
+func (r *Report) findMax() bool {
+	for _, t := range r.Targets {
+		if t.FindMax != nil {
+			return true
+		}
+	}
+	return false
+}
+
+// writeSummary is one line per target: the ratio column compares each
+// target with the first holdfast target of the run (same run, same
+// machine): holdfast's peak ops/s divided by the target's.
+func (r *Report) writeSummary(w io.Writer) {
+	fmt.Fprintln(w, "\nsummary (all operations):")
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	var ref float64
+	for _, t := range r.Targets {
+		if strings.HasPrefix(t.Target, "holdfast") && t.PeakPerSec > 0 && ref == 0 {
+			ref = t.PeakPerSec
+		}
+	}
+	fmt.Fprintln(tw, "target\tops\tops/s\tpeak ops/s\tholdfast x\tp50 ms\tp99 ms\tp99.9 ms\tmax ms\tfailed\tchecks\t")
+	for _, t := range r.Targets {
+		if t.Skipped != "" || len(t.Ops) == 0 {
+			fmt.Fprintf(tw, "%s\t-\t-\t-\t-\t-\t-\t-\t-\t-\t%s\t\n", t.Target, firstNonEmpty(t.Skipped, t.Error, "-"))
+			continue
+		}
+		ratio := "-"
+		if ref > 0 && t.PeakPerSec > 0 {
+			ratio = fmt.Sprintf("%.2f", ref/t.PeakPerSec)
+		}
+		o := t.Total
+		fmt.Fprintf(tw, "%s\t%d\t%.0f\t%.0f\t%s\t%.2f\t%.2f\t%.2f\t%.2f\t%d\t%s\t\n", t.Target, o.Count, o.PerSec, t.PeakPerSec, ratio, o.P50, o.P99, o.P999, o.Max, o.Outcomes["failed"], checksText(t.Checks))
+	}
+	tw.Flush()
+}
+
+// writeFindMaxSummary is the --find-max summary: each target's max
+// sustainable throughput (closed-loop ramp), holdfast's max divided by the
+// target's ("holdfast x max", against the first holdfast target of the
+// run), and the offered load and latency of the measured open-loop run at
+// the share of the target's own max (all operations, from the scheduled
+// start; its achieved ops/s are in the target's own section: sessions
+// with think times spread their operations past the arrival window).
+func (r *Report) writeFindMaxSummary(w io.Writer) {
+	share := 0.5
+	var ref float64
+	for _, t := range r.Targets {
+		if fm := t.FindMax; fm != nil {
+			share = fm.Share
+			if strings.HasPrefix(t.Target, "holdfast") && fm.MaxPerSec > 0 && ref == 0 {
+				ref = fm.MaxPerSec
+			}
+		}
+	}
+	at := fmt.Sprintf("@%.0f%%", 100*share)
+	fmt.Fprintf(w, "\nsummary (max: closed-loop ramp; %s: open loop at that share of each target's own max, all operations):\n", at)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintf(tw, "target\tmax ops/s\tin flight\tholdfast x max\toffered %[1]s\tp50 %[1]s\tp99 %[1]s\tp99.9 %[1]s\tfailed\tchecks\t\n", at)
+	for _, t := range r.Targets {
+		fm := t.FindMax
+		if t.Skipped != "" || fm == nil {
+			fmt.Fprintf(tw, "%s\t-\t-\t-\t-\t-\t-\t-\t-\t%s\t\n", t.Target, firstNonEmpty(t.Skipped, t.Error, "-"))
+			continue
+		}
+		ratio := "-"
+		if ref > 0 && fm.MaxPerSec > 0 {
+			ratio = fmt.Sprintf("%.2f", ref/fm.MaxPerSec)
+		}
+		if len(t.Ops) == 0 {
+			fmt.Fprintf(tw, "%s\t%.0f\t%d\t%s\t-\t-\t-\t-\t-\t%s\t\n", t.Target, fm.MaxPerSec, fm.AtInFlight, ratio, firstNonEmpty(t.Error, checksText(t.Checks)))
+			continue
+		}
+		o := t.Total
+		fmt.Fprintf(tw, "%s\t%.0f\t%d\t%s\t%.0f\t%.2f ms\t%.2f ms\t%.2f ms\t%d\t%s\t\n", t.Target, fm.MaxPerSec, fm.AtInFlight, ratio,
+			fm.Rate, o.P50, o.P99, o.P999, o.Outcomes["failed"], checksText(t.Checks))
+	}
+	tw.Flush()
+}
+
+// writeFindMax renders a target's ramp.
+func writeFindMax(w io.Writer, fm *FindMax) {
+	fmt.Fprintf(w, "find-max (%s; %.1fs steps, the first %.1fs not measured; p99 bound %.0f ms):\n", fm.Method, fm.StepS, fm.WarmupS, fm.P99BoundMs)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "in flight\tops\tops/s\tp50 ms\tp99 ms\tp99.9 ms\tfailed\tforwarded\tsetup s\t ledger\t")
+	for _, st := range fm.Steps {
+		fwd := "-"
+		if st.ForwardedShare != nil {
+			fwd = fmt.Sprintf("%.1f%%", 100**st.ForwardedShare)
+		}
+		mark := ""
+		if st.OutOfSessionsS > 0 {
+			mark += fmt.Sprintf(" (out of sessions at %.1fs)", st.OutOfSessionsS)
+		}
+		if st.Over {
+			mark += " (over)"
+		}
+		fmt.Fprintf(tw, "%d\t%d\t%.0f\t%.2f\t%.2f\t%.2f\t%d\t%s\t%.1f\t %s%s\t\n", st.InFlight, st.Ops, st.PerSec, st.P50, st.P99, st.P999, st.Failed, fwd, st.SetupS, st.Checks, mark)
+	}
+	tw.Flush()
+	fmt.Fprintf(w, "max %.0f ops/s at %d in flight; stopped: %s", fm.MaxPerSec, fm.AtInFlight, fm.Stopped)
+	if fm.Note != "" {
+		fmt.Fprintf(w, "; %s", fm.Note)
+	}
+	fmt.Fprintf(w, "; measured run offered %.0f req/s (%.0f%%)\n", fm.Rate, 100*fm.Share)
 }
 
 func firstNonEmpty(ss ...string) string {

@@ -27,7 +27,9 @@ import (
 //   - closed loop (interval == 0): a new session starts whenever a worker
 //     is free and no continuation is due, so exactly --concurrency
 //     requests are in flight; latency is measured from when a worker takes
-//     the task.
+//     the task. With noThink (the find-max ramp) think times are skipped,
+//     so each worker runs sessions back to back with the scenario's mix of
+//     operations.
 //
 // Continuations due before new sessions go first. No session starts after
 // arrivalEnd; at hardEnd pending continuations are dropped and the run
@@ -43,6 +45,12 @@ type runner struct {
 	ctx        context.Context
 	seed       uint64
 	start      func(x *exec, i int)
+	// noThink skips think times: a continuation scheduled with after is
+	// due at once (the find-max ramp, where a closed loop must keep its
+	// requests in flight instead of waiting on simulated people). Waits
+	// scheduled with at or afterReal (polls, a draw's close) keep their
+	// time.
+	noThink bool
 
 	ready chan task
 	push  chan task
@@ -54,6 +62,9 @@ type runner struct {
 	notStarted int64
 	dropped    int64
 	endedAt    time.Time
+	// exhaustedAt is when a closed loop started its last session before
+	// the arrival window ended (zero: it did not run out).
+	exhaustedAt time.Time
 }
 
 type task struct {
@@ -105,8 +116,18 @@ func (x *exec) do(op string, f func(ctx context.Context) (Outcome, error)) Outco
 	return o
 }
 
-// after schedules fn to run d from now.
-func (x *exec) after(d time.Duration, fn func(*exec)) { x.at(time.Now().Add(d), fn) }
+// after schedules fn to run d from now: a think time, skipped when the
+// run has noThink.
+func (x *exec) after(d time.Duration, fn func(*exec)) {
+	if x.r.noThink {
+		d = 0
+	}
+	x.at(time.Now().Add(d), fn)
+}
+
+// afterReal schedules fn to run d from now even when think times are
+// skipped: a poll interval, which would otherwise become a busy loop.
+func (x *exec) afterReal(d time.Duration, fn func(*exec)) { x.at(time.Now().Add(d), fn) }
 
 // at schedules fn to run at t.
 func (x *exec) at(t time.Time, fn func(*exec)) { x.r.push <- task{at: t, fn: fn} }
@@ -226,6 +247,11 @@ func (r *runner) dispatch() {
 				r.started.Add(1)
 				if r.interval > 0 {
 					r.behindNs.Store(int64(time.Since(cand.at)))
+				} else if next == r.sessions && time.Now().Before(r.arrivalEnd) {
+					// Out of sessions: from now on fewer requests are in
+					// flight, so a measurement window ends here.
+					r.exhaustedAt = time.Now()
+					r.rec.cutWindow(r.exhaustedAt)
 				}
 			}
 		case t := <-r.push:

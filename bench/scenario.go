@@ -8,9 +8,12 @@ import (
 	"math"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	hdrhistogram "github.com/HdrHistogram/hdrhistogram-go"
 )
 
 // options are the parsed command line of one bench run.
@@ -29,6 +32,24 @@ type options struct {
 	plotPath    string
 	progress    bool
 	probes      int
+	leaderAware bool // holdfast targets: writes straight to the leader
+
+	// --find-max: a closed-loop ramp over findMaxSteps (requests in
+	// flight), each findMaxStep long, stopping when throughput grows by
+	// findMaxGrowth or less or p99 passes findMaxP99; then the measured
+	// open-loop run at findMaxShare of the best throughput.
+	findMax       bool
+	findMaxSteps  []int
+	findMaxStep   time.Duration
+	findMaxP99    time.Duration
+	findMaxShare  float64
+	findMaxGrowth float64
+	// findMaxPatience is how many steps in a row may fail to grow before
+	// the ramp stops (one noisy step should not end it).
+	findMaxPatience int
+	// quickLedger is set on the options of a ramp step: its ledger is read
+	// at once, without waiting for its holds to expire.
+	quickLedger bool
 
 	holdTTL            time.Duration
 	abandon            float64
@@ -114,32 +135,88 @@ func runAll(ctx context.Context, o *options, reg Registry, stderr io.Writer) *Re
 }
 
 func runTarget(ctx context.Context, o *options, reg Registry, idx int, rawURL string, stderr io.Writer) *TargetReport {
-	tr := &TargetReport{URL: rawURL, Target: rawURL}
-	sc, err := o.newScenario()
-	if err != nil {
-		tr.Error = err.Error()
-		return tr
-	}
 	conns := o.workers
 	if o.concurrency > 0 && o.rate == 0 {
 		conns = o.concurrency
 	}
-	t, err := reg.Open(rawURL, TargetOptions{Conns: conns, Timeout: o.timeout, Retries: o.retries})
+	if o.findMax {
+		conns = max(o.workers, o.findMaxSteps[len(o.findMaxSteps)-1])
+	}
+	t, err := reg.Open(rawURL, TargetOptions{Conns: conns, Timeout: o.timeout, Retries: o.retries, LeaderAware: o.leaderAware})
 	if err != nil {
-		tr.Error = err.Error()
 		fmt.Fprintf(stderr, "bench: %v\n", err)
-		return tr
+		return &TargetReport{URL: rawURL, Target: rawURL, Error: err.Error()}
 	}
 	defer t.Close()
-	tr.Target = t.Name()
-	label := fmt.Sprintf("[%s %s]", o.scenario, t.Name())
-	prefix := fmt.Sprintf("hfb%s%d-%s", strconv.FormatInt(time.Now().UnixMilli(), 36), idx, o.scenario[:1])
-	env := &runEnv{o: o, t: t, prefix: prefix, start: time.Now()}
+	var tr *TargetReport
+	if o.findMax {
+		tr = runFindMax(ctx, o, t, idx, stderr)
+	} else {
+		tr = runPhase(ctx, o, t, idx, 0, phase{rate: o.rate, duration: o.duration, drain: o.drain, probes: true}, stderr).tr
+	}
+	tr.URL, tr.Target = rawURL, t.Name()
+	return tr
+}
+
+// phase is one load run against an open target: fresh pools (the
+// scenario's, with a prefix of their own, set up with Target.Setup, which
+// also resets a peer), the load, then the scenario's checks.
+type phase struct {
+	// closed > 0: closed loop with this many requests in flight and think
+	// times skipped (a find-max ramp step). Else open loop at rate; rate 0
+	// is the scenario's default, or --concurrency's closed loop.
+	closed   int
+	rate     float64
+	duration time.Duration
+	drain    time.Duration // 0: the scenario's default
+	noDrain  bool          // the run ends with the arrival window
+	probes   bool
+	// quick reads the ledger without waiting for holds to expire.
+	quick bool
+	// warmup > 0 measures the window [t0+warmup, t0+duration).
+	warmup time.Duration
+	label  string
+}
+
+type phaseResult struct {
+	tr       *TargetReport
+	window   *hdrhistogram.Histogram
+	winFails int64
+	winS     float64 // the measurement window's length
+	// exhausted: the closed loop ran out of sessions this long after its
+	// start, before the arrival window ended (0: it did not).
+	exhausted time.Duration
+}
+
+// routeReporter is a target that reports how its requests were routed
+// (holdfast).
+type routeReporter interface {
+	RouteStats() RouteStats
+	DiscoveryNote() string
+}
+
+func runPhase(ctx context.Context, o *options, t Target, idx, seq int, p phase, stderr io.Writer) *phaseResult {
+	po := *o
+	po.quickLedger = p.quick
+	res := &phaseResult{tr: &TargetReport{}}
+	tr := res.tr
+	sc, err := po.newScenario()
+	if err != nil {
+		tr.Error = err.Error()
+		return res
+	}
+	label := fmt.Sprintf("[%s %s%s]", o.scenario, t.Name(), p.label)
+	ms := strconv.FormatInt(time.Now().UnixMilli(), 36)
+	prefix := fmt.Sprintf("hfb%s%d-%s", ms, idx, o.scenario[:1])
+	if seq > 0 {
+		prefix = fmt.Sprintf("hfb%s%d.%d-%s", ms, idx, seq, o.scenario[:1])
+	}
+	env := &runEnv{o: &po, t: t, prefix: prefix, start: time.Now()}
 	sr, skip := sc.newRun(env)
 	if sr == nil {
 		tr.Skipped = skip
 		fmt.Fprintf(stderr, "%s skipped: %s\n", label, skip)
-		return tr
+		return res
 	}
 	if skip != "" {
 		tr.Notes = append(tr.Notes, skip)
@@ -147,7 +224,7 @@ func runTarget(ctx context.Context, o *options, reg Registry, idx int, rawURL st
 
 	pools := sr.pools()
 	var probes *expiryProbes
-	if o.probes > 0 && o.holdTTL > 0 && o.scenario != "merge" {
+	if p.probes && o.probes > 0 && o.holdTTL > 0 && o.scenario != "merge" {
 		probes = newExpiryProbes(t, prefix, o.probes, min(o.holdTTL, time.Second))
 		pools = append(pools, probes.pools()...)
 	}
@@ -158,43 +235,62 @@ func runTarget(ctx context.Context, o *options, reg Registry, idx int, rawURL st
 	if err != nil {
 		tr.Error = "setup: " + err.Error()
 		fmt.Fprintf(stderr, "%s setup failed: %v\n", label, err)
-		return tr
+		return res
 	}
 	tr.SetupS = time.Since(setupStart).Seconds()
 	if o.progress {
 		fmt.Fprintf(stderr, "%s %d pools set up in %.1fs\n", label, len(pools), tr.SetupS)
 	}
+	rr, _ := t.(routeReporter)
+	var routeBefore RouteStats
+	if rr != nil {
+		routeBefore = rr.RouteStats()
+	}
 
-	drain := o.drain
+	drain := p.drain
 	if drain <= 0 {
 		drain = sc.defaultDrain()
+	}
+	if p.noDrain {
+		drain = 0
 	}
 	t0 := time.Now()
 	r := &runner{
 		sessions:   sc.sessions(),
 		t0:         t0,
-		arrivalEnd: t0.Add(o.duration),
-		hardEnd:    t0.Add(o.duration + drain),
+		arrivalEnd: t0.Add(p.duration),
+		hardEnd:    t0.Add(p.duration + drain),
 		rec:        newRecorder(t0, runtime.GOMAXPROCS(0)*4),
 		seed:       o.seed,
 		start:      sr.start,
+	}
+	if p.warmup > 0 {
+		r.rec.setWindow(t0.Add(p.warmup), r.arrivalEnd)
 	}
 	// Requests in flight at the hard end get their own timeout, no more.
 	rctx, rcancel := context.WithDeadline(ctx, r.hardEnd.Add(o.timeout))
 	defer rcancel()
 	r.ctx = rctx
 	switch {
-	case o.concurrency > 0 && o.rate == 0:
+	case p.closed > 0:
+		r.workers = p.closed
+		r.noThink = true
+		tr.Mode = fmt.Sprintf("closed loop, %d in flight, think times skipped", p.closed)
+	case o.concurrency > 0 && p.rate == 0:
 		r.workers = o.concurrency
 		tr.Mode = fmt.Sprintf("closed loop, %d in flight", o.concurrency)
 	default:
-		rate := o.rate
+		rate := p.rate
 		if rate <= 0 { // sessions spread over the arrival window
-			window := o.duration.Seconds()
+			window := p.duration.Seconds()
 			if w, ok := sc.(interface{ arrivalShare() float64 }); ok {
 				window *= w.arrivalShare()
 			}
 			rate = float64(sc.sessions()) * sc.opsPerSession() / window
+		} else {
+			// No more sessions than the arrival window has room for, so
+			// that "not started" counts only sessions that fell behind.
+			r.sessions = min(r.sessions, max(1, int(math.Ceil(rate*p.duration.Seconds()/sc.opsPerSession()))))
 		}
 		r.interval = time.Duration(float64(time.Second) * sc.opsPerSession() / rate)
 		r.interval = max(r.interval, time.Nanosecond)
@@ -225,17 +321,180 @@ func runTarget(ctx context.Context, o *options, reg Registry, idx int, rawURL st
 	tr.Dropped = r.dropped
 	tr.Ops, tr.Total = r.rec.opsReport(elapsed)
 	tr.Series = r.rec.series(elapsed)
-	for i, p := range tr.Series {
+	for i, pt := range tr.Series {
 		if i < len(tr.Series)-1 || len(tr.Series) == 1 {
-			tr.PeakPerSec = max(tr.PeakPerSec, float64(p.Ops))
+			tr.PeakPerSec = max(tr.PeakPerSec, float64(pt.Ops))
 		}
+	}
+	if p.warmup > 0 {
+		res.window, res.winFails = r.rec.window()
+		res.winS = max(r.rec.windowEnd().Sub(r.rec.winFrom).Seconds(), 0)
+	}
+	if !r.exhaustedAt.IsZero() {
+		res.exhausted = r.exhaustedAt.Sub(t0)
 	}
 	if probes != nil {
 		tr.ExpiryLag = probes.report()
 	}
+	if rr != nil {
+		rs := rr.RouteStats().sub(routeBefore)
+		tr.Routing = &rs
+		tr.Notes = append(tr.Notes, rs.note())
+		if d := rr.DiscoveryNote(); d != "" {
+			tr.Notes = append(tr.Notes, "leader-aware client: "+d)
+		}
+	}
 	fctx, fcancel := context.WithTimeout(ctx, 10*time.Minute)
 	defer fcancel()
 	sr.finish(fctx, tr)
+	return res
+}
+
+// runFindMax finds the target's max sustainable throughput with a
+// closed-loop ramp, then measures latency in open loop at a share of it.
+//
+// Each step of the ramp is a phase of its own: fresh pools, --find-max-step
+// of closed loop with the step's requests in flight and think times
+// skipped (each worker runs sessions back to back, so the scenario's mix
+// of operations keeps the target busy), no drain. Throughput and latency
+// are measured over the step after its first third (warm-up: connections,
+// the first sessions' mix). A step is over the max when its p99 passes
+// --find-max-p99 or more than 1% of its operations failed; the ramp stops
+// there, or once 1 + --find-max-patience steps in a row added no more than
+// 5% to the best throughput so far (patience 1: one noisy step on a shared
+// machine does not end the ramp), or after the last step. The max is the best
+// throughput of the steps within the bound (the first step's when even it
+// was over). The ledger of every step is checked at once (no wait for its
+// holds to expire: stuck holds are checked on the measured run only); a
+// failure in any step fails the target.
+//
+// The measured run is the normal open-loop run at --find-max-share of the
+// max, for --duration with the scenario's think times, drain and
+// expiry-lag probes, and the full ledger checks.
+func runFindMax(ctx context.Context, o *options, t Target, idx int, stderr io.Writer) *TargetReport {
+	warm := o.findMaxStep / 3
+	fm := &FindMax{
+		Method:     "closed-loop ramp, think times skipped, fresh pools each step; throughput of operations that did not fail",
+		StepS:      o.findMaxStep.Seconds(),
+		WarmupS:    warm.Seconds(),
+		P99BoundMs: float64(o.findMaxP99) / float64(time.Millisecond),
+		Growth:     o.findMaxGrowth,
+		Patience:   o.findMaxPatience,
+		Share:      o.findMaxShare,
+	}
+	var checksRun, checksFailed int64
+	firstFail := ""
+	best, bestC := 0.0, 0
+	flat := 0 // steps in a row without growth
+	for i, c := range o.findMaxSteps {
+		if ctx.Err() != nil {
+			fm.Stopped = "interrupted"
+			break
+		}
+		res := runPhase(ctx, o, t, idx, i+1, phase{closed: c, duration: o.findMaxStep, noDrain: true, quick: true,
+			warmup: warm, label: fmt.Sprintf(" find-max %d", c)}, stderr)
+		if res.tr.Skipped != "" || res.tr.Error != "" {
+			res.tr.FindMax = fm
+			return res.tr
+		}
+		h := res.window
+		n := h.TotalCount()
+		st := RampStep{InFlight: c, Ops: n, Failed: res.winFails, SetupS: res.tr.SetupS, Checks: checksText(res.tr.Checks)}
+		if res.winS > 0 {
+			st.PerSec = float64(n-res.winFails) / res.winS
+		}
+		if n > 0 {
+			st.P50 = usToMs(h.ValueAtQuantile(50))
+			st.P99 = usToMs(h.ValueAtQuantile(99))
+			st.P999 = usToMs(h.ValueAtQuantile(99.9))
+		}
+		if rs := res.tr.Routing; rs != nil && rs.Writes > 0 {
+			share := rs.ForwardedShare
+			st.ForwardedShare = &share
+		}
+		if res.exhausted > 0 {
+			st.OutOfSessionsS = res.exhausted.Seconds()
+		}
+		for _, ch := range res.tr.Checks {
+			switch ch.Status {
+			case statusOK:
+				checksRun++
+			case statusFail:
+				checksRun++
+				checksFailed++
+				if firstFail == "" {
+					firstFail = fmt.Sprintf("%d in flight: %s = %d %s", c, ch.Name, ch.Value, ch.Detail)
+				}
+			}
+		}
+		over := ""
+		switch {
+		case res.winS < (o.findMaxStep-warm).Seconds()/4:
+			over = fmt.Sprintf("the scenario ran out of sessions %.2fs into the step, too early to measure (raise --buyers or --ops)", res.exhausted.Seconds())
+		case n == 0:
+			over = "no operation ended in the measured window"
+		case float64(res.winFails) > 0.01*float64(n):
+			over = fmt.Sprintf("%.1f%% of operations failed", 100*float64(res.winFails)/float64(n))
+		case st.P99 > fm.P99BoundMs:
+			over = fmt.Sprintf("p99 %.1f ms over the %.0f ms bound", st.P99, fm.P99BoundMs)
+		}
+		st.Over = over != ""
+		fm.Steps = append(fm.Steps, st)
+		if o.progress {
+			fmt.Fprintf(stderr, "[%s %s] find-max %d in flight: %.0f ops/s, p99 %.1f ms, %d failed, ledger %s\n",
+				o.scenario, t.Name(), c, st.PerSec, st.P99, st.Failed, st.Checks)
+		}
+		if over != "" {
+			fm.Stopped = fmt.Sprintf("%d in flight: %s", c, over)
+			break
+		}
+		if best == 0 || st.PerSec > best*(1+o.findMaxGrowth) {
+			flat = 0
+		} else {
+			flat++
+		}
+		if st.PerSec > best {
+			best, bestC = st.PerSec, c
+		}
+		if flat > o.findMaxPatience {
+			fm.Stopped = fmt.Sprintf("%d in flight: %d steps in a row not more than %.0f%% over the best", c, flat, 100*o.findMaxGrowth)
+			break
+		}
+	}
+	if fm.Stopped == "" {
+		fm.Stopped = "after the last step"
+		if flat == 0 {
+			fm.Stopped += " (throughput still growing: the max may be higher)"
+		}
+	}
+	for _, st := range fm.Steps {
+		if st.OutOfSessionsS > 0 && !st.Over {
+			fm.Note = "some steps ran out of sessions before their end: measured until then (raise --buyers or --ops for full steps)"
+		}
+	}
+	if best == 0 && len(fm.Steps) > 0 && fm.Steps[0].PerSec > 0 {
+		best, bestC = fm.Steps[0].PerSec, fm.Steps[0].InFlight
+		fm.Note = "even the first step was over the bound: its throughput is taken as the max"
+	}
+	fm.MaxPerSec, fm.AtInFlight = best, bestC
+	rampCheck := Check{Name: "find-max ramp: ledger checks failed", Value: checksFailed, Of: checksRun, Status: passIf(checksFailed == 0),
+		Detail: firstFail}
+	if checksRun == 0 {
+		rampCheck.Status, rampCheck.Detail = statusNA, "no ledger checked (target keeps no state)"
+	} else if firstFail == "" {
+		rampCheck.Detail = fmt.Sprintf("every check of %d steps, read right after each step", len(fm.Steps))
+	}
+	if best <= 0 {
+		return &TargetReport{Error: "find-max: no step sustained any throughput", FindMax: fm, Checks: []Check{rampCheck}}
+	}
+	fm.Rate = best * o.findMaxShare
+	tr := runPhase(ctx, o, t, idx, 0, phase{rate: fm.Rate, duration: o.duration, drain: o.drain, probes: true,
+		label: fmt.Sprintf(" at %.0f%%", 100*o.findMaxShare)}, stderr).tr
+	tr.FindMax = fm
+	if tr.Mode != "" {
+		tr.Mode += fmt.Sprintf(" (%.0f%% of the max)", 100*o.findMaxShare)
+	}
+	tr.Checks = append(tr.Checks, rampCheck)
 	return tr
 }
 
@@ -249,6 +508,14 @@ func (o *options) settings() map[string]string {
 	}
 	if o.concurrency > 0 {
 		s["concurrency"] = strconv.Itoa(o.concurrency)
+	}
+	s["leader_aware"] = strconv.FormatBool(o.leaderAware)
+	if o.findMax {
+		steps := make([]string, len(o.findMaxSteps))
+		for i, n := range o.findMaxSteps {
+			steps[i] = strconv.Itoa(n)
+		}
+		s["find_max"] = fmt.Sprintf("steps=%s,step=%s,p99<=%s,patience=%d,share=%g", strings.Join(steps, "/"), o.findMaxStep, o.findMaxP99, o.findMaxPatience, o.findMaxShare)
 	}
 	switch o.scenario {
 	case "drop":
@@ -269,27 +536,47 @@ func (o *options) settings() map[string]string {
 // when a cart read this recent showed the pool in stock.
 const disappointWindow = 30 * time.Second
 
-// maxTime keeps the latest of the times stored in it (unix nanoseconds).
-type maxTime struct{ ns atomic.Int64 }
-
-func (m *maxTime) observe(t time.Time) {
-	if t.IsZero() {
-		return
-	}
-	v := t.UnixNano()
-	for {
-		cur := m.ns.Load()
-		if v <= cur || m.ns.CompareAndSwap(cur, v) {
-			return
-		}
-	}
+// pendingHolds tracks the expiry of every granted hold whose confirm has
+// not been acknowledged (abandoned, refused, or never sent because the run
+// ended first): such a hold must come back by itself, and the stuck-holds
+// check waits for the latest of them.
+type pendingHolds struct {
+	mu  sync.Mutex
+	exp map[string]time.Time
 }
 
-func (m *maxTime) get() time.Time {
-	if v := m.ns.Load(); v != 0 {
-		return time.Unix(0, v)
+func (p *pendingHolds) add(id string, at time.Time) {
+	if id == "" || at.IsZero() {
+		return
 	}
-	return time.Time{}
+	p.mu.Lock()
+	if p.exp == nil {
+		p.exp = map[string]time.Time{}
+	}
+	if at.After(p.exp[id]) {
+		p.exp[id] = at
+	}
+	p.mu.Unlock()
+}
+
+// confirmed drops a hold whose confirm was acknowledged.
+func (p *pendingHolds) confirmed(id string) {
+	p.mu.Lock()
+	delete(p.exp, id)
+	p.mu.Unlock()
+}
+
+// latest is the latest expiry of the pending holds (zero when none).
+func (p *pendingHolds) latest() time.Time {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var t time.Time
+	for _, e := range p.exp {
+		if e.After(t) {
+			t = e
+		}
+	}
+	return t
 }
 
 // minTime keeps the earliest time stored in it.

@@ -65,11 +65,10 @@ type dropRun struct {
 	// fcfs --wait, or the draw's close: any fresh request sent after it and
 	// granted jumped the queue.
 	firstWait minTime
-	// lastExpiry is the latest expiry of a granted hold not (known to be)
-	// confirmed.
-	lastExpiry maxTime
-	c          *counters
-	late       struct{ attempts, soldOut, disappointed atomic.Int64 }
+	// pending are the granted holds whose confirm was not acknowledged.
+	pending pendingHolds
+	c       *counters
+	late    struct{ attempts, soldOut, disappointed atomic.Int64 }
 }
 
 // Counter indexes of a drop run.
@@ -183,7 +182,7 @@ func (r *dropRun) afterReserve(x *exec, b *dropBuyer, h Hold, sent time.Time, fi
 			at := r.closesAt.Add(x.uniform(0, r.o.reveal))
 			x.at(at, func(x *exec) { r.poll(x, b, h.ID) })
 		} else {
-			x.after(x.uniform(r.o.pollEvery/2, r.o.pollEvery*3/2), func(x *exec) { r.poll(x, b, h.ID) })
+			x.afterReal(x.uniform(r.o.pollEvery/2, r.o.pollEvery*3/2), func(x *exec) { r.poll(x, b, h.ID) })
 		}
 	case SoldOut:
 		r.c.add(dSoldOut, 1)
@@ -205,9 +204,9 @@ func (r *dropRun) granted(x *exec, b *dropBuyer, h Hold) {
 	b.granted++
 	b.mu.Unlock()
 	r.c.add(dGranted, 1)
+	r.pending.add(h.ID, h.ExpiresAt)
 	if x.chance(r.o.abandon) {
 		r.c.add(dAbandoned, 1)
-		r.lastExpiry.observe(h.ExpiresAt) // it must be back after this
 		return
 	}
 	x.after(x.uniform(r.o.thinkMin, r.o.thinkMax), func(x *exec) {
@@ -217,12 +216,12 @@ func (r *dropRun) granted(x *exec, b *dropBuyer, h Hold) {
 			b.mu.Lock()
 			b.acked = append(b.acked, h.ID)
 			b.mu.Unlock()
+			r.pending.confirmed(h.ID)
 			r.c.add(dConfirmed, 1)
 			return
 		case Expired:
 			r.c.add(dConfirmExpired, 1)
 		}
-		r.lastExpiry.observe(h.ExpiresAt)
 	})
 }
 
@@ -235,7 +234,7 @@ func (r *dropRun) poll(x *exec, b *dropBuyer, id string) {
 		return OK, err
 	})
 	again := func() {
-		x.after(x.uniform(r.o.pollEvery/2, r.o.pollEvery*3/2), func(x *exec) { r.poll(x, b, id) })
+		x.afterReal(x.uniform(r.o.pollEvery/2, r.o.pollEvery*3/2), func(x *exec) { r.poll(x, b, id) })
 	}
 	if o != OK {
 		again()
@@ -272,7 +271,7 @@ func (r *dropRun) poll(x *exec, b *dropBuyer, id string) {
 }
 
 func (r *dropRun) finish(ctx context.Context, tr *TargetReport) {
-	in := ledgerInput{pools: []PoolSpec{r.pool}, acked: map[string]int64{}, lastExpiry: r.lastExpiry.get()}
+	in := ledgerInput{pools: []PoolSpec{r.pool}, acked: map[string]int64{}, lastExpiry: r.pending.latest(), noWait: r.o.quickLedger}
 	units := make([]int64, 0, len(r.buyers))
 	var granted int64
 	for i := range r.buyers {

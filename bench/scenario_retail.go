@@ -67,12 +67,12 @@ type retailRun struct {
 	zipf   *zipfTable
 	shop   []shopper
 
-	mu         sync.Mutex
-	holds      []string
-	acked      map[string]int64
-	lastExpiry maxTime
-	c          *counters
-	late       struct{ attempts, soldOut, disappointed atomic.Int64 }
+	mu      sync.Mutex
+	holds   []string
+	acked   map[string]int64
+	pending pendingHolds // holds whose confirm was not acknowledged
+	c       *counters
+	late    struct{ attempts, soldOut, disappointed atomic.Int64 }
 }
 
 // Counter indexes of a retail run.
@@ -226,6 +226,7 @@ func (r *retailRun) checkout(x *exec, s *shopper) {
 	r.mu.Lock()
 	for _, h := range s.checkout.Holds {
 		r.holds = append(r.holds, h.ID)
+		r.pending.add(h.ID, h.ExpiresAt)
 	}
 	r.mu.Unlock()
 	switch o {
@@ -245,14 +246,8 @@ func (r *retailRun) checkout(x *exec, s *shopper) {
 		r.c.add(rCheckoutOther, 1)
 		return
 	}
-	expire := func() { // these holds must come back by themselves
-		for _, h := range s.checkout.Holds {
-			r.lastExpiry.observe(h.ExpiresAt)
-		}
-	}
 	if !s.confirm {
 		r.c.add(rAbandoned, 1)
-		expire()
 		return
 	}
 	x.after(x.uniform(r.o.thinkMin, r.o.thinkMax), func(x *exec) {
@@ -275,17 +270,19 @@ func (r *retailRun) checkout(x *exec, s *shopper) {
 				}
 			}
 			r.mu.Unlock()
+			for _, h := range s.checkout.Holds {
+				r.pending.confirmed(h.ID)
+			}
 			return
 		case Expired:
 			r.c.add(rConfirmExpired, 1)
 		}
-		expire()
 	})
 }
 
 func (r *retailRun) finish(ctx context.Context, tr *TargetReport) {
 	r.mu.Lock()
-	in := ledgerInput{pools: r.specs, holds: r.holds, acked: r.acked, lastExpiry: r.lastExpiry.get()}
+	in := ledgerInput{pools: r.specs, holds: r.holds, acked: r.acked, lastExpiry: r.pending.latest(), noWait: r.o.quickLedger}
 	r.mu.Unlock()
 	checkLedger(ctx, r.t, in, tr)
 	tr.LateDisappointment = (&Disappointing{Attempts: r.late.attempts.Load(), FailedForStock: r.late.soldOut.Load(), Disappointed: r.late.disappointed.Load()}).finish()

@@ -205,6 +205,31 @@ func TestSmoke(t *testing.T) {
 		checkReport(t, tr, []string{"cart_create", "cart_add", "merge", "cart_read"}, "merge answers not as the review policy says")
 	})
 
+	t.Run("find-max", func(t *testing.T) {
+		// A two-step ramp, then the measured run at half the max; the
+		// leader-aware client on a single node forwards nothing.
+		rep := runBench(t, "drop", "--target", hf, "--find-max", "--find-max-steps", "4,16", "--find-max-step", "600ms",
+			"--buyers", "20000", "--units", "50", "--duration", "1s", "--drain", "1s", "--hold-ttl", "500ms",
+			"--think-min", "20ms", "--think-max", "200ms", "--probes", "2")
+		tr := rep.Targets[0]
+		checkReport(t, tr, []string{"instock", "reserve"}, append(ledgerChecks, "find-max ramp: ledger checks failed")...)
+		fm := tr.FindMax
+		if fm == nil || len(fm.Steps) == 0 || fm.MaxPerSec <= 0 || fm.Rate != fm.MaxPerSec*0.5 || fm.Stopped == "" {
+			t.Fatalf("find-max %+v", fm)
+		}
+		for _, st := range fm.Steps {
+			if st.Ops == 0 || st.P99 <= 0 || st.Checks == "" {
+				t.Errorf("ramp step %+v", st)
+			}
+		}
+		if !strings.Contains(tr.Mode, "open loop") || !strings.Contains(tr.Mode, "50% of the max") {
+			t.Errorf("mode %q", tr.Mode)
+		}
+		if r := tr.Routing; r == nil || !r.LeaderAware || r.Writes == 0 || r.WritesForwarded != 0 || r.SentToLeader == 0 {
+			t.Errorf("routing %+v", r)
+		}
+	})
+
 	t.Run("noop", func(t *testing.T) {
 		rep := runBench(t, "drop", "--target", "noop://", "--buyers", "1000", "--units", "10", "--duration", "1s",
 			"--think-max", "300ms")

@@ -160,6 +160,10 @@ type TargetOptions struct {
 	// Retries is how many times a request answered "unavailable" (503) or
 	// lost in transport is sent again, with the same idempotency key.
 	Retries int
+	// LeaderAware (holdfast only) sends writes and linearizable reads
+	// straight to the leader, learned from the X-Holdfast-Node header of
+	// their answers, instead of round-robin (followers forward them).
+	LeaderAware bool
 }
 
 // Opener opens a target from its URL.

@@ -1,14 +1,22 @@
 #!/usr/bin/env bash
 # bench-compare: holdfast (3 nodes on loopback, fsync on) against Redis+Lua
 # (appendfsync always and everysec) and PostgreSQL (synchronous_commit on),
-# plus the fasthttp no-op ceiling, on the drop and retail scenarios. One
-# table per scenario with ratios to holdfast. Everything runs on 127.0.0.1,
-# is bounded in time and is cleaned up on exit.
+# plus the fasthttp no-op ceiling, on the drop and retail scenarios, one
+# target after the other. Each target's max load is found first
+# (--find-max: a closed-loop ramp of short steps), then the measured run is
+# open loop at 50% of that target's own max. One table per scenario: max
+# ops/s, holdfast's max divided by each target's, and p50/p99/p99.9 at 50%.
+# Everything runs on 127.0.0.1, is bounded in time and is cleaned up on
+# exit.
 #
-#   DURATION=30s  load phase per target and scenario
-#   OUT=bench-results  where JSON reports and plots go
-#   BENCH_FLAGS   extra flags for every run (e.g. "--concurrency 256")
+#   DURATION=30s  the measured run per target and scenario (the ramp adds
+#                 at most 7 steps of 3 s per target)
+#   OUT=bench-results  where JSON reports, plots and the text output go
+#   BENCH_FLAGS   extra flags for every run, after the script's own (so they
+#                 win), e.g. "--leader-aware=false" (round-robin holdfast
+#                 client) or "--find-max-steps 32,64,128"
 set -euo pipefail
+# (pipefail: a failed bench run fails its "| tee" too)
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-30s}
 OUT=${OUT:-bench-results}
@@ -51,7 +59,7 @@ status=0
 for scenario in drop retail; do
   echo "=== $scenario ($DURATION per target)"
   # shellcheck disable=SC2086
-  bin/holdfast bench "$scenario" "${targets[@]}" --duration "$DURATION" $BENCH_FLAGS \
-    --json "$OUT/$scenario.json" --plot "$OUT/$scenario.png" --progress=false || status=1
+  bin/holdfast bench "$scenario" "${targets[@]}" --find-max --duration "$DURATION" $BENCH_FLAGS \
+    --json "$OUT/$scenario.json" --plot "$OUT/$scenario.png" --progress=false | tee "$OUT/$scenario.txt" || status=1
 done
 exit $status
