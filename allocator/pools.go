@@ -168,6 +168,7 @@ func (m *Machine) poolView(p *Pool) *PoolView {
 		DenialsPerSec:  float64(den) * 1000 / DemandWindowMs,
 		Waiting:        int64(p.waitq.len()),
 		WaitingQty:     p.waitq.qty,
+		Stats:          p.stats,
 		CreatedAtMs:    p.CreatedAtMs,
 		UpdatedAtMs:    p.UpdatedAtMs,
 	}

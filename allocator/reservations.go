@@ -318,6 +318,7 @@ func (m *Machine) enterDraw(c *Command, p *Pool) Result {
 	m.res.put(r)
 	m.scheduleNew(r, r.expiresAtMs)
 	m.stats.DrawEntries++
+	p.stats.Entries++
 	return Result{Reservation: m.view(r)}
 }
 
@@ -341,9 +342,10 @@ func (m *Machine) closeDraw(p *Pool) {
 		r.where = waitInQueue
 		p.waitq.push(r)
 	}
-	before := m.stats.Offers
+	before := p.stats.Offers
 	m.serveQueue(p, p.Config.HoldTTLMs, false)
-	m.stats.DrawWinners += m.stats.Offers - before
+	p.stats.Winners += p.stats.Offers - before
+	m.stats.DrawWinners += uint64(p.stats.Offers - before)
 }
 
 // drawRNG is the draw's PRNG: ChaCha8 keyed by SHA-256 of the pool id and
@@ -398,6 +400,7 @@ func (m *Machine) serveQueue(p *Pool, ttl int64, touch bool) {
 			// in a backlog) expires now instead of being offered units.
 			m.stats.WaitsExpired++
 			m.stats.Expired++
+			p.stats.Expired++
 			m.leaveWait(r, StateExpired)
 			continue
 		}
@@ -418,6 +421,7 @@ func (m *Machine) serveQueue(p *Pool, ttl int64, touch bool) {
 		r.table = p.table
 		m.schedule(r, r.expiresAtMs)
 		m.stats.Offers++
+		p.stats.Offers++
 		m.stats.ActiveHolds++
 	}
 }
@@ -465,6 +469,7 @@ func (m *Machine) confirm(id uint64) Result {
 	}
 	m.finish(r, StateConfirmed)
 	m.stats.Confirmed++
+	countPools(r, func(s *PoolStats) { s.Confirmed++ })
 	return Result{Reservation: m.view(r)}
 }
 
@@ -484,6 +489,7 @@ func (m *Machine) release(id uint64) Result {
 	}
 	m.end(r, StateReleased)
 	m.stats.Released++
+	countPools(r, func(s *PoolStats) { s.Released++ })
 	return Result{Reservation: m.view(r)}
 }
 
@@ -526,6 +532,20 @@ func (m *Machine) expire(r *reservation) {
 	}
 	m.end(r, StateExpired)
 	m.stats.Expired++
+	countPools(r, func(s *PoolStats) { s.Expired++ })
+}
+
+// countPools applies count to the stats of each distinct pool of r.
+func countPools(r *reservation, count func(*PoolStats)) {
+	for i := range r.lines {
+		p, seen := r.lines[i].pool, false
+		for j := 0; j < i && !seen; j++ {
+			seen = r.lines[j].pool == p
+		}
+		if !seen {
+			count(&p.stats)
+		}
+	}
 }
 
 // end releases or expires an active or waiting reservation: held units go

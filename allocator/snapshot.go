@@ -11,7 +11,7 @@ import (
 )
 
 // snapshotVersion is the first byte of every snapshot.
-const snapshotVersion = 3
+const snapshotVersion = 4
 
 // Snapshot returns the canonical encoding of the whole state: the same state
 // gives the same bytes on every replica (every collection is written in
@@ -49,6 +49,10 @@ func (m *Machine) appendSnapshot(b []byte) []byte {
 			b = binary.AppendVarint(b, p.demand.den[i])
 		}
 		b = append(b, byte(p.demand.heat))
+		s := &p.stats
+		for _, v := range [...]int64{s.Entries, s.Winners, s.Offers, s.Expired, s.Confirmed, s.Released} {
+			b = binary.AppendVarint(b, v)
+		}
 	}
 
 	b = binary.AppendUvarint(b, uint64(m.res.len()))
@@ -155,7 +159,9 @@ func appendResult(b []byte, r *Result) []byte {
 		b = appendConfig(b, &p.Config)
 		// Every field of the view: a replay after a restore must return the
 		// same object as the first answer.
-		for _, v := range [...]int64{p.Held, p.Sold, p.Available, p.CreatedAtMs, p.UpdatedAtMs, p.Waiting, p.WaitingQty, p.DrawEntries} {
+		s := &p.Stats
+		for _, v := range [...]int64{p.Held, p.Sold, p.Available, p.CreatedAtMs, p.UpdatedAtMs, p.Waiting, p.WaitingQty, p.DrawEntries,
+			s.Entries, s.Winners, s.Offers, s.Expired, s.Confirmed, s.Released} {
 			b = binary.AppendVarint(b, v)
 		}
 		b = binary.AppendUvarint(b, math.Float64bits(p.RequestsPerSec))
@@ -211,7 +217,9 @@ func readResult(d *wire.Decoder) Result {
 	if d.Byte() != 0 {
 		p := &PoolView{ID: d.String(MaxIDLen)}
 		readConfig(d, &p.Config)
-		for _, v := range [...]*int64{&p.Held, &p.Sold, &p.Available, &p.CreatedAtMs, &p.UpdatedAtMs, &p.Waiting, &p.WaitingQty, &p.DrawEntries} {
+		s := &p.Stats
+		for _, v := range [...]*int64{&p.Held, &p.Sold, &p.Available, &p.CreatedAtMs, &p.UpdatedAtMs, &p.Waiting, &p.WaitingQty, &p.DrawEntries,
+			&s.Entries, &s.Winners, &s.Offers, &s.Expired, &s.Confirmed, &s.Released} {
 			*v = d.Varint()
 		}
 		p.RequestsPerSec = math.Float64frombits(d.Uvarint())
@@ -287,12 +295,16 @@ func (m *Machine) decodeSnapshot(data []byte) error {
 			p.demand.sec[j], p.demand.req[j], p.demand.den[j] = d.Varint(), d.Varint(), d.Varint()
 		}
 		p.demand.heat = Heat(d.Byte())
+		s := &p.stats
+		s.Entries, s.Winners, s.Offers = d.Varint(), d.Varint(), d.Varint()
+		s.Expired, s.Confirmed, s.Released = d.Varint(), d.Varint(), d.Varint()
 		switch {
 		case !ValidID(p.ID) || (i > 0 && p.ID <= m.poolIDs[i-1]):
 			d.Fail("pool ids not valid and strictly increasing")
 		case p.seq == 0 || p.seq > m.nextPoolSeq || m.poolBySeq[p.seq] != nil:
 			d.Fail("pool numbers not unique within range")
-		case p.Config.Validate() != nil || p.Held < 0 || p.Sold < 0 || p.Held+p.Sold > p.Config.OnHand || p.demand.heat > HeatHot:
+		case p.Config.Validate() != nil || p.Held < 0 || p.Sold < 0 || p.Held+p.Sold > p.Config.OnHand || p.demand.heat > HeatHot ||
+			s.Entries < 0 || s.Winners < 0 || s.Offers < 0 || s.Expired < 0 || s.Confirmed < 0 || s.Released < 0:
 			d.Fail("pool state out of range")
 		case p.table != 0 && m.tableByID[p.table] != nil:
 			d.Fail("two pools own one lease table")

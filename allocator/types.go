@@ -137,6 +137,19 @@ type Pool struct {
 	demand demand     // request rates and heat
 	waitq  waitQueue  // FIFO of waiting reservations
 	draw   *drawState // entries of an open draw; nil otherwise
+	stats  PoolStats
+}
+
+// PoolStats counts what happened to a pool's reservations since the pool
+// was created: the series a drop dashboard plots. A reservation with lines
+// in several pools counts once in each.
+type PoolStats struct {
+	Entries   int64 // draw entries accepted
+	Winners   int64 // draw entries that won units at the close
+	Offers    int64 // waitlist grants, draw winners included
+	Expired   int64 // holds and waits that expired
+	Confirmed int64 // reservations confirmed
+	Released  int64 // reservations released by the client
 }
 
 // Available is on_hand - held - sold, never negative by invariant.
@@ -217,6 +230,7 @@ type PoolView struct {
 	WaitingQty     int64 // units they ask for
 	DrawEntries    int64 // entries in an open draw
 	DrawClosed     bool  // a draw pool whose draw has run
+	Stats          PoolStats
 	CreatedAtMs    int64
 	UpdatedAtMs    int64
 }

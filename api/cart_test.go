@@ -1131,7 +1131,16 @@ func TestCartFollowers(t *testing.T) {
 		t.Fatalf("version %d after create, add, patch; want 3", want)
 	}
 
-	// The other follower answers from its own replica: it catches up.
+	// The other follower answers from its own replica once it has applied
+	// the cart (a miss is forwarded by design, so wait for the apply first:
+	// under load the follower may lag the acknowledged write).
+	commit := leader.node.Status().CommitIndex
+	for deadline := time.Now().Add(5 * time.Second); f2.node.Status().AppliedIndex < commit; {
+		if time.Now().After(deadline) {
+			t.Fatalf("follower applied %d, leader committed %d", f2.node.Status().AppliedIndex, commit)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 	deadline := time.Now().Add(2 * time.Second)
 	for {
 		r := f2.call(t, "GET", "/v1/carts/"+id, "")

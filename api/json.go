@@ -244,10 +244,21 @@ type poolJSON struct {
 	Demand           demandJSON    `json:"demand"`
 	DemandThresholds thresholdsOut `json:"demand_thresholds"`
 	Claim            string        `json:"claim"`
+	Stats            poolStatsJSON `json:"stats"`
 	CreatedAt        string        `json:"created_at"`
 	UpdatedAt        string        `json:"updated_at"`
 	AsOf             string        `json:"as_of"`
 	Consistency      string        `json:"consistency"`
+}
+
+// poolStatsJSON is a pool's cumulative counts (allocator.PoolStats).
+type poolStatsJSON struct {
+	Entries   int64 `json:"entries"`
+	Winners   int64 `json:"winners"`
+	Offers    int64 `json:"offers"`
+	Expired   int64 `json:"expired"`
+	Confirmed int64 `json:"confirmed"`
+	Released  int64 `json:"released"`
 }
 
 func poolOut(p *allocator.PoolView, asOfMs int64, consistency string) *poolJSON {
@@ -262,7 +273,7 @@ func poolOut(p *allocator.PoolView, asOfMs int64, consistency string) *poolJSON 
 			WindowMs: allocator.DemandWindowMs},
 		DemandThresholds: thresholdsOut{WarmRPS: c.Demand.WarmRPS, HotRPS: c.Demand.HotRPS, LowStockUnits: c.Demand.LowStockUnits,
 			LowStockPercent: c.Demand.LowStockPercent, HorizonMs: c.Demand.HorizonMs},
-		Claim: p.Claim.String(), CreatedAt: formatTime(p.CreatedAtMs), UpdatedAt: formatTime(p.UpdatedAtMs),
+		Claim: p.Claim.String(), Stats: poolStatsJSON(p.Stats), CreatedAt: formatTime(p.CreatedAtMs), UpdatedAt: formatTime(p.UpdatedAtMs),
 		AsOf: formatTime(asOfMs), Consistency: consistency,
 	}
 	if c.Mode == allocator.ModeDraw {

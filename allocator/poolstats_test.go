@@ -1,0 +1,78 @@
+package allocator
+
+import (
+	"bytes"
+	"testing"
+)
+
+// TestPoolStats follows one draw pool and one multi-pool reservation
+// through every counted event and checks the counts, and that they survive
+// a snapshot round trip.
+func TestPoolStats(t *testing.T) {
+	r := newRig(t, fastClock)
+	r.put(dropPoolID, dropConfig(2, 1, "s"))
+	r.put("a", poolCfg(10, 1_000, 2_000, 0))
+	r.put("b", poolCfg(10, 1_000, 2_000, 0))
+
+	r.at(dropOpenAt - t0)
+	var entries []uint64
+	for i := range 4 {
+		entries = append(entries, r.ok(reserveCmd(dropBuyer(i), ln(dropPoolID, 1))).Reservation.ID)
+	}
+	r.ok(reserveCmd(dropBuyer(0), ln(dropPoolID, 1))) // a second entry by the same buyer is the first one
+	wantStats(t, r.pool(dropPoolID).Stats, PoolStats{Entries: 4})
+
+	r.tick(dropCloseAt - t0) // the close: 2 winners
+	wantStats(t, r.pool(dropPoolID).Stats, PoolStats{Entries: 4, Winners: 2, Offers: 2})
+	var active []uint64
+	for _, id := range entries {
+		if r.resv(id).State == StateActive {
+			active = append(active, id)
+		}
+	}
+	if len(active) != 2 {
+		t.Fatalf("%d active after the close, want 2", len(active))
+	}
+	r.ok(confirmCmd(active[0]))
+	r.ok(releaseCmd(active[1])) // its unit goes to the next in drawn order
+	wantStats(t, r.pool(dropPoolID).Stats, PoolStats{Entries: 4, Winners: 2, Offers: 3, Confirmed: 1, Released: 1})
+
+	// The offer expires (offer TTL 10 s); its unit goes to the last waiter.
+	r.tick(dropCloseAt - t0 + 10_001)
+	got := r.pool(dropPoolID).Stats
+	wantStats(t, got, PoolStats{Entries: 4, Winners: 2, Offers: 4, Expired: 1, Confirmed: 1, Released: 1})
+
+	// Two lines in two pools: one count in each; a refusal counts nothing.
+	r.at(dropCloseAt - t0 + 20_000)
+	id := r.hold("m", ln("a", 1), ln("b", 2))
+	r.do(reserveCmd("n", ln("a", 11)))
+	r.ok(confirmCmd(id))
+	id = r.hold("m2", ln("a", 1), ln("a", 1), ln("b", 1))
+	r.tick(dropCloseAt - t0 + 30_000) // expires
+	r.resv(id)
+	for _, p := range []string{"a", "b"} {
+		wantStats(t, r.pool(p).Stats, PoolStats{Expired: 1, Confirmed: 1})
+	}
+
+	// Counts are state: a restored replica has them, and the snapshot
+	// round-trips byte for byte.
+	got = r.pool(dropPoolID).Stats
+	wantStats(t, got, PoolStats{Entries: 4, Winners: 2, Offers: 4, Expired: 2, Confirmed: 1, Released: 1}) // the last offer expired too
+	snap := r.m.Snapshot()
+	m2 := New(fastClock)
+	if err := m2.Restore(bytes.NewReader(snap)); err != nil {
+		t.Fatal(err)
+	}
+	p, _ := m2.Pool(dropPoolID)
+	wantStats(t, p.Stats, got)
+	if !bytes.Equal(m2.Snapshot(), snap) {
+		t.Fatal("snapshot differs after a restore")
+	}
+}
+
+func wantStats(t *testing.T, got, want PoolStats) {
+	t.Helper()
+	if got != want {
+		t.Fatalf("pool stats %+v, want %+v", got, want)
+	}
+}
