@@ -8,6 +8,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -26,6 +27,7 @@ import (
 	"github.com/valyala/fasthttp/fasthttpadaptor"
 
 	"github.com/holdfast/holdfast/allocator"
+	"github.com/holdfast/holdfast/auth"
 	"github.com/holdfast/holdfast/raftstore"
 )
 
@@ -57,6 +59,12 @@ type Config struct {
 	// deadlines (see deadlines), so a wait may last up to 1% (at most
 	// 10 ms) longer, never shorter.
 	RequestTimeout time.Duration
+	// Auth checks bearer tokens against the roles routes require (see
+	// routeRole); nil serves every request without a token.
+	Auth Authenticator
+	// ForwardTLS, when set, makes forwarding to the leader speak HTTPS
+	// with it (the nodes' API is served over TLS); nil: plain HTTP.
+	ForwardTLS *tls.Config
 }
 
 // MaxBodyBytes is the largest request body accepted (contract: 1 MiB).
@@ -74,6 +82,7 @@ type Server struct {
 	srv     *fasthttp.Server
 	rt      routes
 	dl      deadlines
+	authz   *authz
 
 	clientsMu sync.Mutex
 	clients   map[string]*fasthttp.HostClient
@@ -100,6 +109,7 @@ func New(cfg Config) *Server {
 		clients: make(map[string]*fasthttp.HostClient),
 	}
 	s.metrics = newMetrics(cfg.Registry, cfg.Alloc)
+	s.authz = newAuthz(cfg)
 	s.rt = s.newRoutes()
 	s.dl = deadlines{timeout: cfg.RequestTimeout, slack: min(cfg.RequestTimeout/100, 10*time.Millisecond)}
 	s.promH = fasthttpadaptor.NewFastHTTPHandler(promhttp.HandlerFor(cfg.Registry, promhttp.HandlerOpts{}))
@@ -182,6 +192,7 @@ type route struct {
 	write bool // proposes; followers forward it
 	h     func(*fasthttp.RequestCtx, []string) *apiError
 	obs   *routeMetrics
+	need  auth.Role // the role a token needs (routeRole)
 }
 
 // routes are the Server's endpoints, plus the pseudo-routes that label
@@ -197,7 +208,7 @@ type routes struct {
 
 func (s *Server) newRoutes() routes {
 	r := func(name string, write bool, h func(*fasthttp.RequestCtx, []string) *apiError) *route {
-		return &route{name: name, write: write, h: h, obs: s.metrics.route(name)}
+		return &route{name: name, write: write, h: h, obs: s.metrics.route(name), need: routeRole(name)}
 	}
 	return routes{
 		metrics:          r("metrics", false, s.metricsHandler),
@@ -232,6 +243,9 @@ func (s *Server) Handle(ctx *fasthttp.RequestCtx) {
 	start := time.Now()
 	ctx.Response.Header.Set("X-Holdfast-Node", s.node.ID())
 	rt, args, e := s.match(ctx)
+	if ae := s.authz.check(ctx, rt); ae != nil {
+		e = ae // before routing errors: no token, no hints
+	}
 	if e == nil {
 		if s.shouldForward(ctx, rt) {
 			e = s.forward(ctx)
@@ -488,7 +502,8 @@ func (s *Server) client(addr string) *fasthttp.HostClient {
 	defer s.clientsMu.Unlock()
 	c := s.clients[addr]
 	if c == nil {
-		c = &fasthttp.HostClient{Addr: addr, MaxConns: 1024, ReadTimeout: s.cfg.RequestTimeout, WriteTimeout: s.cfg.RequestTimeout}
+		c = &fasthttp.HostClient{Addr: addr, MaxConns: 1024, ReadTimeout: s.cfg.RequestTimeout, WriteTimeout: s.cfg.RequestTimeout,
+			IsTLS: s.cfg.ForwardTLS != nil, TLSConfig: s.cfg.ForwardTLS}
 		s.clients[addr] = c
 	}
 	return c
