@@ -165,7 +165,9 @@ func TestAuthRolesByEndpoint(t *testing.T) {
 		{"admin", bearer(tokAdmin), auth.Admin},
 		{"admin, lower-case scheme", []string{"Authorization", "bearer " + tokAdmin}, auth.Admin},
 	}
-	onHand := func() int64 { return num(t, do(t, "GET", n.url("/v1/pools/p"), "", bearer(tokRead)...).json(t), "on_hand") }
+	onHand := func() int64 {
+		return num(t, do(t, "GET", n.url("/v1/pools/p"), "", bearer(tokRead)...).json(t), "on_hand")
+	}
 	i := 0
 	for _, ep := range endpoints {
 		for _, cr := range creds {
