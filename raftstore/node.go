@@ -2,6 +2,7 @@ package raftstore
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -71,6 +72,10 @@ type Config struct {
 	// RaftLog receives hashicorp/raft's own log lines (warnings and
 	// errors); nil means os.Stderr.
 	RaftLog io.Writer
+	// PeerTLS, when set, carries Raft traffic over mutual TLS with it
+	// (see LoadPeerTLS): a peer without a certificate from its CA can
+	// neither connect to this node nor be connected to. Nil: plain TCP.
+	PeerTLS *tls.Config
 }
 
 func (c *Config) setDefaults() {
@@ -226,7 +231,7 @@ func Open(cfg Config, sm StateMachine) (*Node, error) {
 	if err != nil {
 		return nil, fmt.Errorf("raftstore: raft address: %w", err)
 	}
-	n.trans, err = raft.NewTCPTransportWithLogger(cfg.RaftAddr, addr, 8, 10*time.Second, hlog)
+	n.trans, err = newTransport(&cfg, addr, hlog)
 	if err != nil {
 		return nil, fmt.Errorf("raftstore: raft transport: %w", err)
 	}
