@@ -177,6 +177,7 @@ func FuzzRequest(f *testing.F) {
 		method := fuzzMethods[int(m)%len(fuzzMethods)]
 		path := strings.ReplaceAll(fuzzPaths[int(p)%len(fuzzPaths)], "{r}", s.last)
 		path = strings.ReplaceAll(path, "{k}", key)
+		prior := s.pools(t)
 		status, resp, node := s.handle(method, path, body, key)
 		if node != s.n.id {
 			t.Fatalf("%s %s: X-Holdfast-Node %q", method, path, node)
@@ -194,6 +195,9 @@ func FuzzRequest(f *testing.F) {
 		case status >= 400 && status < 500, status == 503:
 			if _, err := errorShape(status, resp); err != nil {
 				t.Fatalf("%s %s %q: %v", method, path, body, err)
+			}
+			if status != 503 { // a refusal changes nothing
+				unchanged(t, method+" "+path, visible{pools: prior}, visible{pools: s.pools(t)})
 			}
 		default:
 			t.Fatalf("%s %s %q: status %d: %s", method, path, body, status, resp)

@@ -29,6 +29,7 @@ import (
 	"github.com/holdfast/holdfast/allocator"
 	"github.com/holdfast/holdfast/auth"
 	"github.com/holdfast/holdfast/raftstore"
+	"github.com/holdfast/holdfast/ui"
 )
 
 // Node is the replication layer as the API needs it; *raftstore.Node
@@ -204,6 +205,7 @@ type routes struct {
 	createCart, getCart, addLine, merge, review, checkout *route
 	setLine, deleteLine, getCheckout, confirmCheckout     *route
 	unmatched, methodNotAllowed                           *route
+	ui                                                    *route // the dashboard (package ui)
 }
 
 func (s *Server) newRoutes() routes {
@@ -234,6 +236,7 @@ func (s *Server) newRoutes() routes {
 		getCheckout:      r("get_checkout", false, s.getCheckout),
 		confirmCheckout:  r("confirm_checkout", true, s.confirmCheckout),
 		unmatched:        r("unmatched", false, nil),
+		ui:               r("ui", false, uiRoute(ui.Handler())),
 		methodNotAllowed: r("method_not_allowed", false, nil),
 	}
 }
@@ -324,6 +327,8 @@ func (s *Server) match(ctx *fasthttp.RequestCtx) (*route, []string, *apiError) {
 		return s.rt.methodNotAllowed, nil, &apiError{Status: fasthttp.StatusMethodNotAllowed, Code: codeMethodNotAllowed, Message: "method not allowed; use " + allowed}
 	}
 	switch {
+	case len(parts) >= 1 && parts.is(0, "ui"):
+		rt = s.rt.ui // GET and HEAD only: see uiRoute
 	case len(parts) == 1 && parts.is(0, "metrics"):
 		if !method("GET") {
 			return notAllowed("GET")
@@ -459,7 +464,7 @@ func (s *Server) stale(ctx *fasthttp.RequestCtx) bool {
 // cluster, metrics and stale reads are answered locally.
 func (s *Server) shouldForward(ctx *fasthttp.RequestCtx, rt *route) bool {
 	switch rt.name {
-	case "health", "cluster", "metrics":
+	case "health", "cluster", "metrics", "ui":
 		return false
 	}
 	if !rt.write && s.stale(ctx) {
