@@ -107,6 +107,7 @@ func serve(args []string, stderr io.Writer) int {
 	peersFlag := fs.String("peers", "", "initial members id=host:port,... (same on every node)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	clockOffset := fs.Duration("debug-clock-offset", 0, "shift this node's clock (fault tests only)")
+	secFlags := addSecurityFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -116,6 +117,12 @@ func serve(args []string, stderr io.Writer) int {
 		return 2
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	sec, err := secFlags.load(*httpAddr, *raftAddr, log)
+	if err != nil {
+		fmt.Fprintln(stderr, "holdfast:", err)
+		return 2
+	}
+	defer sec.reloadOnSIGHUP(log)()
 	peers, err := parsePeers(*peersFlag)
 	if err != nil {
 		fmt.Fprintln(stderr, "holdfast: --peers:", err)
@@ -137,7 +144,7 @@ func serve(args []string, stderr io.Writer) int {
 	machine := engine.New(engine.Config{})
 	node, err := raftstore.Open(raftstore.Config{
 		ID: *id, DataDir: *dataDir, RaftAddr: *raftAddr, APIAddr: *httpAddr, Peers: peers,
-		ClockOffset: *clockOffset, Registerer: reg, Logger: log,
+		ClockOffset: *clockOffset, Registerer: reg, Logger: log, PeerTLS: sec.peerTLS,
 	}, machine)
 	if err != nil {
 		log.Error("cannot start node", "err", err)
@@ -150,7 +157,8 @@ func serve(args []string, stderr io.Writer) int {
 		log.Error("cannot listen", "addr", *httpAddr, "err", err)
 		return 1
 	}
-	srv := api.New(api.Config{Node: node, Alloc: machine.Alloc, Carts: machine, Registry: reg, Logger: log})
+	ln = sec.listener(ln)
+	srv := api.New(api.Config{Node: node, Alloc: machine.Alloc, Carts: machine, Registry: reg, Logger: log, Auth: sec.authenticator(), ForwardTLS: sec.forwardTLS})
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
 
