@@ -14,7 +14,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -70,7 +69,7 @@ type Config struct {
 	// Logger; nil means slog.Default().
 	Logger *slog.Logger
 	// RaftLog receives hashicorp/raft's own log lines (warnings and
-	// errors); nil means os.Stderr.
+	// errors) as hclog text; nil sends them to Logger (see raftLogger).
 	RaftLog io.Writer
 	// PeerTLS, when set, carries Raft traffic over mutual TLS with it
 	// (see LoadPeerTLS): a peer without a certificate from its CA can
@@ -109,9 +108,6 @@ func (c *Config) setDefaults() {
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
-	}
-	if c.RaftLog == nil {
-		c.RaftLog = os.Stderr
 	}
 }
 
@@ -222,7 +218,7 @@ func Open(cfg Config, sm StateMachine) (*Node, error) {
 	if err != nil {
 		return nil, fmt.Errorf("raftstore: %w", err)
 	}
-	hlog := hclog.New(&hclog.LoggerOptions{Name: "raft", Level: hclog.Warn, Output: cfg.RaftLog})
+	hlog := raftLogger(cfg.RaftLog, n.log)
 	snaps, err := raft.NewFileSnapshotStoreWithLogger(filepath.Join(cfg.DataDir, "snapshots"), 2, hlog)
 	if err != nil {
 		return nil, fmt.Errorf("raftstore: %w", err)
@@ -255,7 +251,7 @@ func Open(cfg Config, sm StateMachine) (*Node, error) {
 	// Heartbeats go through raft's main loop: the transport's fast path is
 	// exposed to hashicorp/raft#695 (replicas can diverge after a partition
 	// heals). See noFastPath.
-	n.raft, err = raft.NewRaft(rc, n.fsm, logs, store, snaps, noFastPath{n.trans})
+	n.raft, err = raft.NewRaft(rc, loggedFSM{n.fsm, n.log}, logs, store, snaps, noFastPath{n.trans})
 	if err != nil {
 		return nil, fmt.Errorf("raftstore: %w", err)
 	}
@@ -278,6 +274,8 @@ func Open(cfg Config, sm StateMachine) (*Node, error) {
 	go n.proposeLoop()
 	n.wg.Add(1)
 	go n.leaderLoop()
+	n.wg.Add(1)
+	go n.watchEvents() // events.go: one log line per notable event
 	ok = true
 	return n, nil
 }
@@ -513,7 +511,7 @@ func (n *Node) leaderLoop() {
 			}
 			if n.raft.Apply(encodeMember(n.cfg.ID, n.cfg.APIAddr), n.cfg.ApplyTimeout).Error() == nil {
 				announcedTerm = term
-				n.log.Info("leading", "term", term)
+				n.log.Debug("announced API address", "term", term) // watchEvents logs the election
 			}
 			continue
 		}
