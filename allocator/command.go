@@ -21,6 +21,7 @@ const (
 	KindRelease
 	KindExtend
 	KindTick
+	KindRefusals
 )
 
 // MaxKind is the highest command kind owned by the allocator.
@@ -57,6 +58,8 @@ type Command struct {
 	Lines   []LineRequest // Reserve
 	Partial bool          // Reserve: hold what can be held
 	Wait    bool          // Reserve: queue when the units are not there
+
+	Refusals []Refusal // Refusals: answered by the leader without a log entry
 }
 
 const (
@@ -123,6 +126,17 @@ func (c *Command) AppendEncode(dst []byte) []byte {
 	case KindExtend:
 		dst = binary.AppendUvarint(dst, c.Reservation)
 		dst = binary.AppendVarint(dst, c.TTLMs)
+	case KindRefusals:
+		dst = binary.AppendUvarint(dst, uint64(len(c.Refusals)))
+		for i := range c.Refusals {
+			r := &c.Refusals[i]
+			dst = wire.AppendString(dst, r.IdemKey) // empty: no key
+			if r.IdemKey != "" {
+				dst = append(dst, r.ReqHash[:]...)
+			}
+			dst = append(dst, byte(r.Err.Code))
+			dst = appendLines(dst, r.Err.Lines)
+		}
 	case KindTick:
 	}
 	return dst
@@ -187,6 +201,8 @@ func DecodeCommand(b []byte) (Command, error) {
 	case KindExtend:
 		c.Reservation = d.Uvarint()
 		c.TTLMs = d.Varint()
+	case KindRefusals:
+		c.Refusals = decodeRefusals(d)
 	case KindTick:
 	default:
 		d.Fail("unknown kind")

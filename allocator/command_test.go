@@ -39,6 +39,11 @@ func sampleCommands() []Command {
 		{Kind: KindExtend, Reservation: 1 << 63, TTLMs: math.MinInt64},
 		{Kind: KindTick},
 		{Kind: KindTick, Partial: true, Wait: true},
+		{Kind: KindRefusals, Refusals: []Refusal{
+			{Err: &Error{Code: SoldOut, Message: refusalMessage(SoldOut), Lines: []LineView{{Pool: "a", Qty: 1, State: LineSoldOut}}}},
+			{IdemKey: "k-1", ReqHash: hash, Err: &Error{Code: BuyerLimit, Message: refusalMessage(BuyerLimit),
+				Lines: []LineView{{Pool: "a", Qty: MaxQty, State: LineAvailable}, {Pool: "b", Qty: 2, State: LineBuyerLimit}}}},
+		}},
 	}
 	var out []Command
 	for _, c := range base {
@@ -52,7 +57,7 @@ func sampleCommands() []Command {
 }
 
 func kindName(k Kind) string {
-	return [...]string{"?", "put", "adjust", "reserve", "confirm", "release", "extend", "tick"}[k]
+	return [...]string{"?", "put", "adjust", "reserve", "confirm", "release", "extend", "tick", "refusals"}[k]
 }
 
 func TestCommandRoundTrip(t *testing.T) {
@@ -80,7 +85,7 @@ func TestCommandRoundTrip(t *testing.T) {
 			t.Fatalf("%v: decoded command changed with its input", kindName(c.Kind))
 		}
 	}
-	for k := KindPutPool; k <= KindTick; k++ {
+	for k := KindPutPool; k <= KindRefusals; k++ {
 		if !kinds[k] {
 			t.Fatalf("no sample of kind %d", k)
 		}
@@ -89,7 +94,7 @@ func TestCommandRoundTrip(t *testing.T) {
 
 // TestCommandKindNumbers pins the log format's kind numbers.
 func TestCommandKindNumbers(t *testing.T) {
-	want := map[Kind]byte{KindPutPool: 1, KindAdjustPool: 2, KindReserve: 3, KindConfirm: 4, KindRelease: 5, KindExtend: 6, KindTick: 7}
+	want := map[Kind]byte{KindPutPool: 1, KindAdjustPool: 2, KindReserve: 3, KindConfirm: 4, KindRelease: 5, KindExtend: 6, KindTick: 7, KindRefusals: 8}
 	for k, b := range want {
 		if byte(k) != b {
 			t.Errorf("kind %s = %d, want %d", kindName(k), k, b)
@@ -175,7 +180,7 @@ func checkDecode(t *testing.T, data []byte) {
 		}
 		return
 	}
-	if c.Kind < KindPutPool || c.Kind > KindTick {
+	if c.Kind < KindPutPool || c.Kind > KindRefusals {
 		t.Fatalf("decoded unknown kind %d", c.Kind)
 	}
 	if len(c.IdemKey) > MaxIDLen || len(c.Pool) > MaxIDLen || len(c.Buyer) > MaxIDLen || len(c.Lines) > MaxLines {

@@ -54,6 +54,12 @@ type Error struct {
 // Error implements error.
 func (e *Error) Error() string { return e.Code.String() + ": " + e.Message }
 
+// MismatchError is the error for an idempotency key reused with a
+// different request.
+func MismatchError(key string) *Error {
+	return errorf(IdempotencyMismatch, "idempotency key %q was used with a different request", key)
+}
+
 func errorf(code Code, format string, args ...any) *Error {
 	return &Error{Code: code, Message: fmt.Sprintf(format, args...)}
 }

@@ -239,7 +239,7 @@ func (m *Machine) applyOne(c *Command) Result {
 	if c.IdemKey != "" {
 		if rec := m.idem[c.IdemKey]; rec != nil {
 			if rec.hash != c.ReqHash {
-				return Result{Err: errorf(IdempotencyMismatch, "idempotency key %q was used with a different request", c.IdemKey)}
+				return Result{Err: MismatchError(c.IdemKey)}
 			}
 			r := rec.result
 			r.Replayed = true
@@ -267,6 +267,8 @@ func (m *Machine) dispatch(c *Command) Result {
 		return m.release(c.Reservation)
 	case KindExtend:
 		return m.extend(c.Reservation, c.TTLMs)
+	case KindRefusals:
+		return m.recordRefusals(c.Refusals)
 	}
 	return Result{Err: errorf(InvalidArgument, "unknown command kind %d", c.Kind)}
 }

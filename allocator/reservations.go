@@ -63,10 +63,8 @@ func (m *Machine) reserve(c *Command) Result {
 		return Result{Err: errorf(InvalidArgument, "a reservation has 1 to %d lines", MaxLines)}
 	}
 	// Small requests work in stack buffers.
-	var tallyBuf [8]tally
 	var poolBuf [8]*Pool
 	var stateBuf [8]LineState
-	tallies := tallyBuf[:0]
 	pools := poolBuf[:0]
 	if len(c.Lines) > len(poolBuf) {
 		pools = make([]*Pool, 0, len(c.Lines))
@@ -122,61 +120,13 @@ func (m *Machine) reserve(c *Command) Result {
 		states = make([]LineState, 0, len(c.Lines))
 	}
 	states = states[:len(c.Lines)]
-	held, firstFail := 0, -1
-	for i, l := range c.Lines {
-		p := pools[i]
-		t := findTally(tallies, p)
-		if t == nil {
-			tallies = append(tallies, tally{pool: p})
-			t = &tallies[len(tallies)-1]
-		}
-		limit := p.Config.PerBuyerLimit
-		switch {
-		case p.draw != nil:
-			states[i] = LineNotOpen // a multi-line request touching an open draw
-		case limit > 0 && p.usage[c.Buyer]+t.qty+l.Qty > limit:
-			states[i] = LineBuyerLimit
-		case p.waitq.len() > 0 || l.Qty > p.Available()-t.qty:
-			// Units that come back belong to the queue first: a fresh
-			// request never takes them from a waiting buyer.
-			states[i] = LineSoldOut
-			if c.Wait && p.waitq.len() < MaxWaiting {
-				states[i] = LineWaiting
-				t.qty += 0 // waiting holds nothing
-				held++
-				continue
-			}
-		default:
-			states[i] = LineHeld
-			t.qty += l.Qty
-			held++
-			continue
-		}
-		if firstFail < 0 {
-			firstFail = i
-		}
-	}
+	held, firstFail := classify(c, pools, states)
 	for i, p := range pools {
 		m.recordDemand(p, states[i] != LineHeld && states[i] != LineWaiting)
 	}
 	if firstFail >= 0 && (!c.Partial || held == 0) {
 		m.stats.Refused++
-		code := SoldOut
-		switch states[firstFail] {
-		case LineBuyerLimit:
-			code = BuyerLimit
-		case LineNotOpen:
-			code = NotOpen
-		}
-		e := &Error{Code: code, Message: refusalMessage(code), Lines: make([]LineView, len(c.Lines))}
-		for i, l := range c.Lines {
-			s := states[i]
-			if s == LineHeld {
-				s = LineAvailable // would have fit on its own; nothing was held
-			}
-			e.Lines[i] = LineView{Pool: l.Pool, Qty: l.Qty, State: s}
-		}
-		return Result{Err: e}
+		return Result{Err: refusal(c, states, firstFail)}
 	}
 	if m.nextID+1 >= maxSeq {
 		return Result{Err: errorf(InvalidState, "reservation ids exhausted")}
@@ -218,6 +168,71 @@ func (m *Machine) reserve(c *Command) Result {
 	}
 	m.scheduleNew(r, r.expiresAtMs)
 	return Result{Reservation: m.view(r)}
+}
+
+// classify decides, changing nothing, what each line of reserve command c
+// would get from pools (pools[i] is line i's pool) in the current state:
+// states[i] is held, waiting or why it was refused. It returns how many
+// lines would be held or queued and the first refused line, or -1.
+func classify(c *Command, pools []*Pool, states []LineState) (held, firstFail int) {
+	var tallyBuf [8]tally // what earlier lines of c take from each pool
+	tallies := tallyBuf[:0]
+	firstFail = -1
+	for i, l := range c.Lines {
+		p := pools[i]
+		t := findTally(tallies, p)
+		if t == nil {
+			tallies = append(tallies, tally{pool: p})
+			t = &tallies[len(tallies)-1]
+		}
+		limit := p.Config.PerBuyerLimit
+		switch {
+		case p.draw != nil:
+			states[i] = LineNotOpen // a multi-line request touching an open draw
+		case limit > 0 && p.usage[c.Buyer]+t.qty+l.Qty > limit:
+			states[i] = LineBuyerLimit
+		case p.waitq.len() > 0 || l.Qty > p.Available()-t.qty:
+			// Units that come back belong to the queue first: a fresh
+			// request never takes them from a waiting buyer.
+			states[i] = LineSoldOut
+			if c.Wait && p.waitq.len() < MaxWaiting {
+				states[i] = LineWaiting // waiting holds nothing
+				held++
+				continue
+			}
+		default:
+			states[i] = LineHeld
+			t.qty += l.Qty
+			held++
+			continue
+		}
+		if firstFail < 0 {
+			firstFail = i
+		}
+	}
+	return held, firstFail
+}
+
+// refusal is the error of a request classify refused: the first refused
+// line's reason, and every line's state (a line that would have fit on its
+// own is "available": nothing was held).
+func refusal(c *Command, states []LineState, firstFail int) *Error {
+	code := SoldOut
+	switch states[firstFail] {
+	case LineBuyerLimit:
+		code = BuyerLimit
+	case LineNotOpen:
+		code = NotOpen
+	}
+	e := &Error{Code: code, Message: refusalMessage(code), Lines: make([]LineView, len(c.Lines))}
+	for i, l := range c.Lines {
+		s := states[i]
+		if s == LineHeld {
+			s = LineAvailable
+		}
+		e.Lines[i] = LineView{Pool: l.Pool, Qty: l.Qty, State: s}
+	}
+	return e
 }
 
 func refusalMessage(c Code) string {

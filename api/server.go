@@ -66,6 +66,10 @@ type Config struct {
 	// ForwardTLS, when set, makes forwarding to the leader speak HTTPS
 	// with it (the nodes' API is served over TLS); nil: plain HTTP.
 	ForwardTLS *tls.Config
+	// DisableFastRefusals sends every reservation request through the log;
+	// by default the leader answers the ones its state certainly refuses
+	// without a log entry (see refusals). For comparisons and tests.
+	DisableFastRefusals bool
 }
 
 // MaxBodyBytes is the largest request body accepted (contract: 1 MiB).
@@ -84,6 +88,7 @@ type Server struct {
 	rt      routes
 	dl      deadlines
 	authz   *authz
+	fast    *refusals // nil: every reservation goes through the log
 
 	clientsMu sync.Mutex
 	clients   map[string]*fasthttp.HostClient
@@ -110,6 +115,9 @@ func New(cfg Config) *Server {
 		clients: make(map[string]*fasthttp.HostClient),
 	}
 	s.metrics = newMetrics(cfg.Registry, cfg.Alloc)
+	if cfg.Alloc != nil && !cfg.DisableFastRefusals {
+		s.fast = newRefusals(cfg.Node, cfg.Alloc, cfg.Logger, cfg.RequestTimeout)
+	}
 	s.authz = newAuthz(cfg)
 	s.rt = s.newRoutes()
 	s.dl = deadlines{timeout: cfg.RequestTimeout, slack: min(cfg.RequestTimeout/100, 10*time.Millisecond)}
@@ -543,6 +551,12 @@ func (s *Server) propose(ctx *fasthttp.RequestCtx, c *allocator.Command) (alloca
 	if e := idempotency(ctx, c); e != nil {
 		return allocator.Result{}, e
 	}
+	return s.replicateCommand(c)
+}
+
+// replicateCommand replicates a command whose idempotency key, if any, is
+// set and returns the allocator's result.
+func (s *Server) replicateCommand(c *allocator.Command) (allocator.Result, *apiError) {
 	res, e := s.replicate(c.AppendEncode(commandBuf(c)))
 	if e != nil {
 		return allocator.Result{}, e
@@ -818,6 +832,9 @@ func (s *Server) reserve(ctx *fasthttp.RequestCtx, _ []string) *apiError {
 		}
 	}
 	c.Lines = req.Lines
+	if e := idempotency(ctx, &c); e != nil {
+		return e
+	}
 	if req.HasTTL {
 		if req.TTLMs < allocator.MinTTLMs || req.TTLMs > allocator.MaxTTLMs {
 			return badRequest("ttl_ms must be between 1 and 2592000000")
@@ -833,9 +850,15 @@ func (s *Server) reserve(ctx *fasthttp.RequestCtx, _ []string) *apiError {
 			return badRequest(`mode must be "all_or_nothing" or "partial"`)
 		}
 	}
-	r, e := s.propose(ctx, &c)
-	if e != nil {
-		return e
+	r, ok := allocator.Result{}, false
+	if s.fast != nil {
+		r, ok = s.fast.try(s.dl.get(), &c)
+	}
+	if !ok {
+		var e *apiError
+		if r, e = s.replicateCommand(&c); e != nil {
+			return e
+		}
 	}
 	s.metrics.reservation(&r)
 	if r.Err != nil {
