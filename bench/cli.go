@@ -2,6 +2,8 @@ package bench
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
@@ -15,7 +17,7 @@ import (
 )
 
 // Main is `holdfast bench SCENARIO [flags]`. reg holds the schemes of
-// targets built elsewhere (Redis, PostgreSQL); "http" and "noop" are
+// targets built elsewhere (Redis, PostgreSQL); "http", "https" and "noop" are
 // always known. It returns the exit status: 0, 1 when a target failed or a
 // correctness check failed, 2 for a usage error.
 func Main(args []string, reg Registry, stdout, stderr io.Writer) int {
@@ -124,6 +126,9 @@ func parseOptions(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.plotPath, "plot", "", "draw throughput and p99 over time to this .svg or .png file")
 	fs.BoolVar(&o.progress, "progress", true, "print a progress line to stderr every second")
 	fs.IntVar(&o.probes, "probes", 8, "expiry-lag probe pools (0: no expiry-lag measure)")
+	fs.StringVar(&o.token, "token", os.Getenv("HOLDFAST_TOKEN"), "holdfast targets: bearer token (default $HOLDFAST_TOKEN; checkout role, admin to create pools)")
+	caFile := fs.String("ca", "", "https targets: PEM CA bundle to trust (default: the system's roots)")
+	insecure := fs.Bool("insecure-skip-verify", false, "https targets: do not verify the server certificate (tests only)")
 	fs.BoolVar(&o.leaderAware, "leader-aware", true, "holdfast targets: send writes and linearizable reads straight to the leader (learned from X-Holdfast-Node); false: round-robin, followers forward")
 	var steps string
 	if o.scenario != "merge" {
@@ -185,6 +190,19 @@ func parseOptions(args []string, stderr io.Writer) (*options, error) {
 				return nil, fmt.Errorf("--find-max-steps: %q is not a number", f)
 			}
 			o.findMaxSteps = append(o.findMaxSteps, n)
+		}
+	}
+	if *caFile != "" || *insecure {
+		o.tls = &tls.Config{MinVersion: tls.VersionTLS12, InsecureSkipVerify: *insecure}
+		if *caFile != "" {
+			pem, err := os.ReadFile(*caFile)
+			if err != nil {
+				return nil, fmt.Errorf("--ca: %w", err)
+			}
+			o.tls.RootCAs = x509.NewCertPool()
+			if !o.tls.RootCAs.AppendCertsFromPEM(pem) {
+				return nil, fmt.Errorf("--ca %s: no PEM certificate found", *caFile)
+			}
 		}
 	}
 	o.targets = targets

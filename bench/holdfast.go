@@ -32,18 +32,30 @@ type Holdfast struct {
 	discovery  string // what discover found, for the notes
 }
 
-// OpenHoldfast opens "http://host:port[,host:port...]": every node of the
-// cluster, requests spread over them round-robin (see Holdfast for the
-// leader-aware routing).
+// OpenHoldfast opens "http://host:port[,host:port...]" (or https://):
+// every node of the cluster, requests spread over them round-robin (see
+// Holdfast for the leader-aware routing). opts.Token is sent as a bearer
+// token; https uses opts.TLS.
 func OpenHoldfast(rawURL string, opts TargetOptions) (Target, error) {
-	addrs, err := parseNodes(rawURL, "http")
+	scheme := "http"
+	if strings.HasPrefix(rawURL, "https://") {
+		scheme = "https"
+	}
+	addrs, err := parseNodes(rawURL, scheme)
 	if err != nil {
 		return nil, err
 	}
 	if len(addrs) == 0 {
 		return nil, fmt.Errorf("target %q: no nodes", rawURL)
 	}
-	return &Holdfast{url: rawURL, nodes: newHTTPNodes(addrs, opts)}, nil
+	nodes := newHTTPNodes(addrs, opts)
+	if scheme == "https" {
+		nodes.useTLS(opts.TLS)
+	}
+	if opts.Token != "" {
+		nodes.authorization = "Bearer " + opts.Token
+	}
+	return &Holdfast{url: rawURL, nodes: nodes}, nil
 }
 
 // RouteStats reports how the requests the leader answers were routed so

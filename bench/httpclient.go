@@ -2,6 +2,7 @@ package bench
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"strings"
@@ -31,6 +32,11 @@ type httpNodes struct {
 	next    atomic.Uint64
 	timeout time.Duration
 	retries int
+
+	scheme string // http or https
+	// authorization is the Authorization header sent with every request
+	// ("" for none).
+	authorization string
 
 	leaderAware bool
 	// ids maps a node id to its index in clients; nil until setIDs.
@@ -204,7 +210,7 @@ func parseNodes(rawURL, scheme string) ([]string, error) {
 
 func newHTTPNodes(addrs []string, o TargetOptions) *httpNodes {
 	o = withDefaults(o)
-	h := &httpNodes{addrs: addrs, timeout: o.Timeout, retries: o.Retries, leaderAware: o.LeaderAware}
+	h := &httpNodes{addrs: addrs, scheme: "http", timeout: o.Timeout, retries: o.Retries, leaderAware: o.LeaderAware}
 	for _, a := range addrs {
 		h.clients = append(h.clients, &fasthttp.HostClient{
 			Addr:                      a,
@@ -217,6 +223,18 @@ func newHTTPNodes(addrs []string, o TargetOptions) *httpNodes {
 		})
 	}
 	return h
+}
+
+// useTLS makes every node's client speak https with cfg (nil: the
+// system's roots).
+func (h *httpNodes) useTLS(cfg *tls.Config) {
+	if cfg == nil {
+		cfg = &tls.Config{MinVersion: tls.VersionTLS12}
+	}
+	h.scheme = "https"
+	for _, c := range h.clients {
+		c.IsTLS, c.TLSConfig = true, cfg
+	}
 }
 
 func (h *httpNodes) close() {
@@ -281,7 +299,10 @@ func (h *httpNodes) send(ctx context.Context, rt route, at int, method, path str
 		req.Reset()
 		resp.Reset()
 		req.Header.SetMethod(method)
-		req.SetRequestURI("http://" + c.Addr + path)
+		req.SetRequestURI(h.scheme + "://" + c.Addr + path)
+		if h.authorization != "" {
+			req.Header.Set("Authorization", h.authorization)
+		}
 		if body != nil {
 			req.Header.SetContentType("application/json")
 			req.SetBodyRaw(body)

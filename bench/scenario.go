@@ -2,6 +2,7 @@ package bench
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -32,7 +33,9 @@ type options struct {
 	plotPath    string
 	progress    bool
 	probes      int
-	leaderAware bool // holdfast targets: writes straight to the leader
+	leaderAware bool        // holdfast targets: writes straight to the leader
+	token       string      // holdfast targets: bearer token ("" for none)
+	tls         *tls.Config // https targets (nil: the system's roots)
 
 	// --find-max: a closed-loop ramp over findMaxSteps (requests in
 	// flight), each findMaxStep long, stopping when throughput grows by
@@ -142,7 +145,7 @@ func runTarget(ctx context.Context, o *options, reg Registry, idx int, rawURL st
 	if o.findMax {
 		conns = max(o.workers, o.findMaxSteps[len(o.findMaxSteps)-1])
 	}
-	t, err := reg.Open(rawURL, TargetOptions{Conns: conns, Timeout: o.timeout, Retries: o.retries, LeaderAware: o.leaderAware})
+	t, err := reg.Open(rawURL, TargetOptions{Conns: conns, Timeout: o.timeout, Retries: o.retries, LeaderAware: o.leaderAware, Token: o.token, TLS: o.tls})
 	if err != nil {
 		fmt.Fprintf(stderr, "bench: %v\n", err)
 		return &TargetReport{URL: rawURL, Target: rawURL, Error: err.Error()}

@@ -30,6 +30,7 @@ package bench
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net/url"
@@ -164,6 +165,11 @@ type TargetOptions struct {
 	// straight to the leader, learned from the X-Holdfast-Node header of
 	// their answers, instead of round-robin (followers forward them).
 	LeaderAware bool
+	// Token, when set, is sent as "Authorization: Bearer TOKEN" to
+	// holdfast targets (a server with --auth-file).
+	Token string
+	// TLS configures https:// holdfast targets; nil: the system's roots.
+	TLS *tls.Config
 }
 
 // Opener opens a target from its URL.
@@ -179,10 +185,10 @@ func (r Registry) RegisterTarget(scheme string, open func(url string, opts Targe
 	r[scheme] = open
 }
 
-// Builtin returns a registry with the harness's own targets: "http"
-// (a holdfast cluster) and "noop" (the ceiling).
+// Builtin returns a registry with the harness's own targets: "http" and
+// "https" (a holdfast cluster) and "noop" (the ceiling).
 func Builtin() Registry {
-	return Registry{"http": OpenHoldfast, "noop": OpenNoop}
+	return Registry{"http": OpenHoldfast, "https": OpenHoldfast, "noop": OpenNoop}
 }
 
 // Open opens the target a URL names, by its scheme.
