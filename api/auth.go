@@ -36,6 +36,8 @@ func routeRole(name string) auth.Role {
 	case "reserve", "confirm", "release", "extend",
 		"create_cart", "add_line", "merge", "review", "checkout", "set_line", "delete_line", "confirm_checkout":
 		return auth.Checkout
+	case "put_pool", "adjust_pool", "add_member", "remove_member", "transfer_leader", "backup":
+		return auth.Admin
 	}
 	return auth.Admin
 }
