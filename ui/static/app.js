@@ -410,7 +410,7 @@
       }
       state.pollCount++;
       showError('');
-      text('updated', 'updated ' + new Date().toLocaleTimeString());
+      text('updated', 'updated ' + fmtClock(Date.now()) + ' UTC');
     } catch (err) {
       if (err instanceof HTTPError && (err.status === 401 || err.status === 403)) {
         askToken(err);
