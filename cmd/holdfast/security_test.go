@@ -247,6 +247,22 @@ func TestServeAuthTLSAndSIGHUP(t *testing.T) {
 	if strings.Contains(s.logText(), newTok) || strings.Contains(s.logText(), oldTok) {
 		t.Fatal("a token reached the log")
 	}
+
+	// A renewed certificate (here from another CA) is served after SIGHUP.
+	ca2 := testcert.NewCA(t, "renewed ca")
+	renewed := ca2.Issue(t, "n1", "127.0.0.1")
+	os.WriteFile(cert, renewed.CertPEM, 0o600)
+	os.WriteFile(key, renewed.KeyPEM, 0o600)
+	hup()
+	c2 := httpsClient(ca2)
+	waitFor("the renewed certificate is served after SIGHUP", func() bool {
+		resp, err := c2.Get(base + "/v1/health")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == 200
+	})
 	stopAll(t, s)
 }
 
