@@ -679,10 +679,15 @@ func (s *Server) health(ctx *fasthttp.RequestCtx, _ []string) *apiError {
 
 func (s *Server) cluster(ctx *fasthttp.RequestCtx, _ []string) *apiError {
 	st := s.node.Status()
-	writeJSON(ctx, fasthttp.StatusOK, struct {
+	out := struct {
 		raftstore.Status
-		LogClock string `json:"log_clock"`
-	}{st, formatTime(st.LogClockMs)})
+		LogClock  string         `json:"log_clock"`
+		StateHash *stateHashJSON `json:"state_hash,omitempty"` // ?state_hash=1 (statehash.go)
+	}{Status: st, LogClock: formatTime(st.LogClockMs)}
+	if wantStateHash(ctx) {
+		out.StateHash = s.stateHash()
+	}
+	writeJSON(ctx, fasthttp.StatusOK, out)
 	return nil
 }
 

@@ -14,6 +14,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/cockroachdb/pebble/v2/vfs"
 	"github.com/hashicorp/raft"
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -63,6 +64,14 @@ type Config struct {
 	// ClockOffset shifts this node's wall clock; fault tests use it to
 	// simulate a leader whose clock is wrong.
 	ClockOffset time.Duration
+	// ClockOffsetFunc, when set, is added to ClockOffset at every wall
+	// clock reading, so fault tests can step the clock while the node
+	// runs (holdfast serve --debug-clock-file).
+	ClockOffsetFunc func() time.Duration
+	// DebugDiskFullFile, when set, makes every write and sync of the
+	// Pebble store fail with ENOSPC while a file exists at that path:
+	// fault tests use it to fill the disk of a running node.
+	DebugDiskFullFile string
 
 	// Registerer receives raftstore's metrics; nil means none.
 	Registerer prometheus.Registerer
@@ -151,6 +160,8 @@ type Node struct {
 	clockMu   sync.Mutex
 	clockBase time.Time // carries a monotonic reading
 	baseMs    int64     // cluster time at clockBase
+	seenMs    int64     // ms since clockBase at the last NowMs
+	creditUs  int64     // catch-up earned since the node fell behind, in us
 
 	tickInFlight atomic.Bool
 	closed       chan struct{}
@@ -190,11 +201,15 @@ func Open(cfg Config, sm StateMachine) (*Node, error) {
 		clockBase: time.Now(),
 		metrics:   newNodeMetrics(cfg.Registerer),
 	}
-	n.baseMs = n.clockBase.Add(cfg.ClockOffset).UnixMilli()
+	n.baseMs = n.clockBase.Add(n.clockOffset()).UnixMilli()
 	n.fsm.onBatch = n.metrics.observeBatch
 
 	var err error
-	n.db, err = logstore.Open(filepath.Join(cfg.DataDir, "pebble"), logstore.Options{})
+	var opts logstore.Options
+	if cfg.DebugDiskFullFile != "" {
+		opts.FS = diskFullFS{FS: vfs.Default, trigger: cfg.DebugDiskFullFile}
+	}
+	n.db, err = logstore.Open(filepath.Join(cfg.DataDir, "pebble"), opts)
 	if err != nil {
 		return nil, fmt.Errorf("raftstore: open store: %w", err)
 	}
@@ -303,15 +318,26 @@ const catchUpPerMille = 10
 // behind the wall clock it catches up at most catchUpPerMille faster than
 // real time (after a full-cluster outage). Never smaller than a stamp it
 // gave before.
+//
+// The catch-up is earned only while behind: a leader that ran in step
+// with its wall clock for an hour and then sees it jump forward must not
+// spend an hour's 1% at once (that expired short holds immediately).
 func (n *Node) NowMs() int64 {
 	n.clockMu.Lock()
-	base, start := n.baseMs, n.clockBase
-	n.clockMu.Unlock()
-	elapsed := time.Since(start).Milliseconds()
-	now := base + elapsed
+	elapsed := time.Since(n.clockBase).Milliseconds()
+	now := n.baseMs + elapsed
 	if gap := n.wallMs() - now; gap > 0 {
-		now += min(gap, elapsed*catchUpPerMille/1000)
+		n.creditUs += (elapsed - n.seenMs) * catchUpPerMille
+		if step := min(gap, n.creditUs/1000); step > 0 {
+			n.baseMs += step
+			n.creditUs -= step * 1000
+			now += step
+		}
+	} else {
+		n.creditUs = 0
 	}
+	n.seenMs = elapsed
+	n.clockMu.Unlock()
 	for {
 		last := n.lastStamp.Load()
 		if now <= last {
@@ -323,7 +349,14 @@ func (n *Node) NowMs() int64 {
 	}
 }
 
-func (n *Node) wallMs() int64 { return time.Now().Add(n.cfg.ClockOffset).UnixMilli() }
+func (n *Node) wallMs() int64 { return time.Now().Add(n.clockOffset()).UnixMilli() }
+
+func (n *Node) clockOffset() time.Duration {
+	if f := n.cfg.ClockOffsetFunc; f != nil {
+		return n.cfg.ClockOffset + f()
+	}
+	return n.cfg.ClockOffset
+}
 
 // takeClock starts this node's cluster time on taking leadership: from the
 // log clock, never below a stamp it gave before.
@@ -335,6 +368,7 @@ func (n *Node) takeClock() {
 	base = max(base, n.lastStamp.Load())
 	n.clockMu.Lock()
 	n.baseMs, n.clockBase = base, time.Now()
+	n.seenMs, n.creditUs = 0, 0
 	n.clockMu.Unlock()
 }
 

@@ -107,6 +107,8 @@ func serve(args []string, stderr io.Writer) int {
 	peersFlag := fs.String("peers", "", "initial members id=host:port,... (same on every node)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	clockOffset := fs.Duration("debug-clock-offset", 0, "shift this node's clock (fault tests only)")
+	clockFile := fs.String("debug-clock-file", "", "file holding a clock offset re-read while running, e.g. -5m (fault tests only)")
+	diskFullFile := fs.String("debug-disk-full-file", "", "while this file exists, storage writes fail with ENOSPC (fault tests only)")
 	secFlags := addSecurityFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -142,15 +144,27 @@ func serve(args []string, stderr io.Writer) int {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	machine := engine.New(engine.Config{})
+	debugCtx, stopDebug := context.WithCancel(context.Background())
+	defer stopDebug()
+	var clockFn func() time.Duration
+	if *clockFile != "" {
+		clockFn = watchClockFile(debugCtx, *clockFile, log)
+	}
 	node, err := raftstore.Open(raftstore.Config{
 		ID: *id, DataDir: *dataDir, RaftAddr: *raftAddr, APIAddr: *httpAddr, Peers: peers,
-		ClockOffset: *clockOffset, Registerer: reg, Logger: log, PeerTLS: sec.peerTLS,
+		ClockOffset: *clockOffset, ClockOffsetFunc: clockFn, DebugDiskFullFile: *diskFullFile,
+		Registerer: reg, Logger: log, PeerTLS: sec.peerTLS,
 	}, machine)
 	if err != nil {
 		log.Error("cannot start node", "err", err)
 		return 1
 	}
-	defer node.Close()
+	closeOnReturn := true // the SIGTERM path closes it itself, bounded
+	defer func() {
+		if closeOnReturn {
+			node.Close()
+		}
+	}()
 
 	ln, err := net.Listen("tcp", *httpAddr)
 	if err != nil {
@@ -200,8 +214,18 @@ func serve(args []string, stderr io.Writer) int {
 	if err := srv.Shutdown(ctx); err != nil {
 		log.Warn("http shutdown", "err", err)
 	}
-	if err := node.Close(); err != nil {
+	closeOnReturn = false
+	finished, err := closeWithin(shutdownRaftLimit, node.Close)
+	if !finished {
+		log.Error("raft shutdown did not finish; exiting anyway (nothing acknowledged is lost)", "limit", shutdownRaftLimit)
+		return 1
+	}
+	if err != nil {
 		log.Warn("raft shutdown", "err", err)
 	}
 	return 0
 }
+
+// shutdownRaftLimit bounds how long SIGTERM waits for Raft and the store to
+// close after the HTTP server has drained.
+const shutdownRaftLimit = 5 * time.Second
