@@ -66,6 +66,9 @@ type Config struct {
 	// ForwardTLS, when set, makes forwarding to the leader speak HTTPS
 	// with it (the nodes' API is served over TLS); nil: plain HTTP.
 	ForwardTLS *tls.Config
+	// Limits bounds request time, connections, header size and relaying
+	// (limits.go); zero fields take the defaults documented there.
+	Limits Limits
 	// DisableFastRefusals sends every reservation request through the log;
 	// by default the leader answers the ones its state certainly refuses
 	// without a log entry (see refusals). For comparisons and tests.
@@ -92,6 +95,8 @@ type Server struct {
 
 	clientsMu sync.Mutex
 	clients   map[string]*fasthttp.HostClient
+
+	relayToken []byte // marks requests this node relayed (limits.go)
 }
 
 // New returns a Server.
@@ -106,6 +111,7 @@ func New(cfg Config) *Server {
 		cfg.Registry = prometheus.NewRegistry()
 		cfg.Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	}
+	cfg.Limits = cfg.Limits.withDefaults()
 	s := &Server{
 		cfg:     cfg,
 		node:    cfg.Node,
@@ -113,6 +119,8 @@ func New(cfg Config) *Server {
 		carts:   cfg.Carts,
 		log:     cfg.Logger,
 		clients: make(map[string]*fasthttp.HostClient),
+
+		relayToken: newRelayToken(),
 	}
 	s.metrics = newMetrics(cfg.Registry, cfg.Alloc)
 	if cfg.Alloc != nil && !cfg.DisableFastRefusals {
@@ -122,20 +130,7 @@ func New(cfg Config) *Server {
 	s.rt = s.newRoutes()
 	s.dl = deadlines{timeout: cfg.RequestTimeout, slack: min(cfg.RequestTimeout/100, 10*time.Millisecond)}
 	s.promH = fasthttpadaptor.NewFastHTTPHandler(promhttp.HandlerFor(cfg.Registry, promhttp.HandlerOpts{}))
-	s.srv = &fasthttp.Server{
-		Handler:                      s.Handle,
-		ErrorHandler:                 s.handleParseError,
-		Name:                         "holdfast",
-		MaxRequestBodySize:           MaxBodyBytes,
-		ReadTimeout:                  15 * time.Second,
-		WriteTimeout:                 15 * time.Second,
-		IdleTimeout:                  60 * time.Second,
-		NoDefaultServerHeader:        true,
-		NoDefaultContentType:         true,
-		DisablePreParseMultipartForm: true,
-		ReadBufferSize:               16 << 10,
-		Logger:                       fasthttpLogger{cfg.Logger},
-	}
+	s.srv = s.newHTTPServer(cfg.Limits)
 	return s
 }
 
@@ -150,7 +145,8 @@ func (l fasthttpLogger) Printf(format string, args ...any) {
 }
 
 // Serve serves the API on ln until Shutdown.
-func (s *Server) Serve(ln net.Listener) error { return s.srv.Serve(ln) }
+// Accept errors that may pass (out of file descriptors) are retried.
+func (s *Server) Serve(ln net.Listener) error { return s.srv.Serve(retryListener{ln, s.log}) }
 
 // Shutdown stops accepting connections and waits for in-flight requests.
 func (s *Server) Shutdown(ctx context.Context) error { return s.srv.ShutdownWithContext(ctx) }
@@ -490,8 +486,8 @@ const forwardedHeader = "X-Holdfast-Forwarded-By"
 // leader's X-Holdfast-Node names the node whose state answered; the
 // follower adds X-Holdfast-Via with its own id.
 func (s *Server) forward(ctx *fasthttp.RequestCtx) *apiError {
-	if len(ctx.Request.Header.Peek(forwardedHeader)) > 0 {
-		return unavailable("no leader (request was already forwarded once)")
+	if s.relayedHere(&ctx.Request) {
+		return unavailable("no leader (the request came back to a node that relayed it)")
 	}
 	_, addr, ok := s.node.Leader()
 	if !ok {
@@ -499,7 +495,7 @@ func (s *Server) forward(ctx *fasthttp.RequestCtx) *apiError {
 	}
 	c := s.client(addr)
 	req := &ctx.Request
-	req.Header.Set(forwardedHeader, s.node.ID())
+	s.markRelayed(req)
 	resp := fasthttp.AcquireResponse()
 	defer fasthttp.ReleaseResponse(resp)
 	if err := c.DoTimeout(req, resp, s.cfg.RequestTimeout); err != nil {
@@ -515,8 +511,7 @@ func (s *Server) client(addr string) *fasthttp.HostClient {
 	defer s.clientsMu.Unlock()
 	c := s.clients[addr]
 	if c == nil {
-		c = &fasthttp.HostClient{Addr: addr, MaxConns: 1024, ReadTimeout: s.cfg.RequestTimeout, WriteTimeout: s.cfg.RequestTimeout,
-			IsTLS: s.cfg.ForwardTLS != nil, TLSConfig: s.cfg.ForwardTLS}
+		c = s.newForwardClient(addr)
 		s.clients[addr] = c
 	}
 	return c
