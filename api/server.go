@@ -254,7 +254,12 @@ func (s *Server) Handle(ctx *fasthttp.RequestCtx) {
 		e = ae // before routing errors: no token, no hints
 	}
 	if e == nil {
-		if s.shouldForward(ctx, rt) {
+		if rt.write && s.node.Err() != nil {
+			// A node whose storage failed acknowledges no write, not even
+			// by forwarding it: it says so and the client retries on
+			// another node (found by chaos/TestChaosDiskFull).
+			e = unavailable("storage failed on this node; retry on another node")
+		} else if s.shouldForward(ctx, rt) {
 			e = s.forward(ctx)
 		} else {
 			e = rt.h(ctx, args)

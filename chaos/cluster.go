@@ -509,6 +509,24 @@ func (c *Cluster) Status(i int, withHash bool) (*Status, error) {
 	return &st, nil
 }
 
+// directWrite sends one write straight to node i's API (not through its
+// client proxy), once.
+func (c *Cluster) directWrite(ctx context.Context, i int, method, path, body, key string) (int, []byte, error) {
+	req, err := http.NewRequestWithContext(ctx, method, "http://"+c.Nodes[i].HTTPAddr+path, strings.NewReader(body))
+	if err != nil {
+		return 0, nil, err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Idempotency-Key", key)
+	resp, err := obsClient.Do(req)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, b, err
+}
+
 // Health returns node i's GET /v1/health status code (0 if unreachable).
 func (c *Cluster) Health(i int) int {
 	resp, err := obsClient.Get("http://" + c.Nodes[i].HTTPAddr + "/v1/health")
