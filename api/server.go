@@ -89,6 +89,7 @@ type Server struct {
 	promH   fasthttp.RequestHandler
 	srv     *fasthttp.Server
 	rt      routes
+	ops     *ops // membership, backups, drain (cluster.go)
 	dl      deadlines
 	authz   *authz
 	fast    *refusals // nil: every reservation goes through the log
@@ -128,6 +129,7 @@ func New(cfg Config) *Server {
 	}
 	s.authz = newAuthz(cfg)
 	s.rt = s.newRoutes()
+	s.ops = s.newOps()
 	s.dl = deadlines{timeout: cfg.RequestTimeout, slack: min(cfg.RequestTimeout/100, 10*time.Millisecond)}
 	s.promH = fasthttpadaptor.NewFastHTTPHandler(promhttp.HandlerFor(cfg.Registry, promhttp.HandlerOpts{}))
 	s.srv = s.newHTTPServer(cfg.Limits)
@@ -254,6 +256,9 @@ func (s *Server) Handle(ctx *fasthttp.RequestCtx) {
 		e = ae // before routing errors: no token, no hints
 	}
 	if e == nil {
+		e = s.ops.enter(ctx, rt) // 503 once draining
+	}
+	if e == nil {
 		if rt.write && s.node.Err() != nil {
 			// A node whose storage failed acknowledges no write, not even
 			// by forwarding it: it says so and the client retries on
@@ -264,6 +269,7 @@ func (s *Server) Handle(ctx *fasthttp.RequestCtx) {
 		} else {
 			e = rt.h(ctx, args)
 		}
+		s.ops.exit()
 	}
 	if e != nil {
 		writeError(ctx, e)
@@ -349,6 +355,8 @@ func (s *Server) match(ctx *fasthttp.RequestCtx) (*route, []string, *apiError) {
 			return notAllowed("GET")
 		}
 		rt = s.rt.health
+	case len(parts) == 2 && parts.is(1, "backup"), len(parts) > 2 && parts.is(1, "cluster"):
+		return s.matchOps(ctx, parts)
 	case len(parts) == 2 && parts.is(1, "cluster"):
 		if !method("GET") {
 			return notAllowed("GET")
@@ -473,7 +481,7 @@ func (s *Server) stale(ctx *fasthttp.RequestCtx) bool {
 // cluster, metrics and stale reads are answered locally.
 func (s *Server) shouldForward(ctx *fasthttp.RequestCtx, rt *route) bool {
 	switch rt.name {
-	case "health", "cluster", "metrics", "ui":
+	case "health", "cluster", "metrics", "backup", "cluster_members", "ui":
 		return false
 	}
 	if !rt.write && s.stale(ctx) {

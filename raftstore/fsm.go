@@ -126,6 +126,14 @@ type fsm struct {
 
 	scratch [][]byte
 	onBatch func(entries, cmds int)
+
+	lastSnap atomic.Pointer[snapMark] // what the latest Snapshot captured (backups)
+}
+
+// snapMark records the applied index and log clock a Snapshot captured.
+type snapMark struct {
+	applied uint64
+	clockMs int64
 }
 
 func newFSM(sm StateMachine) *fsm {
@@ -215,6 +223,7 @@ func (f *fsm) Snapshot() (raft.FSMSnapshot, error) {
 	if err != nil {
 		return nil, err
 	}
+	f.lastSnap.Store(&snapMark{applied: f.applied.Load(), clockMs: f.sm.ClockMs()})
 	return &snapshot{header: b, state: s}, nil
 }
 

@@ -39,6 +39,9 @@ type Config struct {
 	// Peers are the initial members, used only to bootstrap an empty data
 	// directory. Empty means a single-node cluster of this node.
 	Peers []Peer
+	// NoBootstrap leaves an empty data directory unconfigured: the node
+	// waits to be added to a running cluster (serve --join).
+	NoBootstrap bool
 
 	HeartbeatTimeout   time.Duration // default 500ms
 	ElectionTimeout    time.Duration // default 500ms
@@ -270,7 +273,7 @@ func Open(cfg Config, sm StateMachine) (*Node, error) {
 	if err != nil {
 		return nil, fmt.Errorf("raftstore: %w", err)
 	}
-	if !has {
+	if !has && !cfg.NoBootstrap {
 		peers := cfg.Peers
 		if len(peers) == 0 {
 			peers = []Peer{{ID: cfg.ID, Addr: cfg.RaftAddr}}

@@ -22,6 +22,7 @@ import (
 	"github.com/holdfast/holdfast/api"
 	"github.com/holdfast/holdfast/bench"
 	"github.com/holdfast/holdfast/bench/peers"
+	"github.com/holdfast/holdfast/ctl"
 	"github.com/holdfast/holdfast/engine"
 	"github.com/holdfast/holdfast/raftstore"
 )
@@ -46,6 +47,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 0
 	case "bench":
 		return bench.Main(args[1:], benchTargets(), stdout, stderr)
+	case "ctl":
+		return ctl.Main(args[1:], stdout, stderr)
 	case "help", "-h", "--help":
 		usage(stdout)
 		return 0
@@ -59,6 +62,7 @@ func usage(w io.Writer) {
 	fmt.Fprint(w, `usage:
   holdfast serve [--id n1] [--data ./data] [--http 127.0.0.1:8080] [--raft 127.0.0.1:9080] [--peers n1=host:port,...]
   holdfast bench SCENARIO [flags]
+  holdfast ctl COMMAND (holdfast ctl help)
   holdfast version
 `)
 }
@@ -106,6 +110,8 @@ func serve(args []string, stderr io.Writer) int {
 	raftAddr := fs.String("raft", "127.0.0.1:9080", "Raft listen address")
 	peersFlag := fs.String("peers", "", "initial members id=host:port,... (same on every node)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	join := fs.String("join", "", "URL of a running node's API: join its cluster (empty data directory; uses $HOLDFAST_TOKEN)")
+	restore := fs.String("restore", "", "backup file (holdfast ctl backup): start a new cluster from it (empty data directory)")
 	clockOffset := fs.Duration("debug-clock-offset", 0, "shift this node's clock (fault tests only)")
 	clockFile := fs.String("debug-clock-file", "", "file holding a clock offset re-read while running, e.g. -5m (fault tests only)")
 	diskFullFile := fs.String("debug-disk-full-file", "", "while this file exists, storage writes fail with ENOSPC (fault tests only)")
@@ -141,6 +147,17 @@ func serve(args []string, stderr io.Writer) int {
 		}
 	}
 
+	if *join != "" && (*restore != "" || len(peers) > 0) {
+		fmt.Fprintln(stderr, "holdfast: --join cannot be combined with --restore or --peers")
+		return 2
+	}
+	if *restore != "" {
+		if err := restoreFrom(*restore, raftstore.Config{ID: *id, DataDir: *dataDir, RaftAddr: *raftAddr, Peers: peers}, log); err != nil {
+			log.Error("cannot restore", "file", *restore, "err", err)
+			return 1
+		}
+	}
+
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	machine := engine.New(engine.Config{})
@@ -151,7 +168,7 @@ func serve(args []string, stderr io.Writer) int {
 		clockFn = watchClockFile(debugCtx, *clockFile, log)
 	}
 	node, err := raftstore.Open(raftstore.Config{
-		ID: *id, DataDir: *dataDir, RaftAddr: *raftAddr, APIAddr: *httpAddr, Peers: peers,
+		ID: *id, DataDir: *dataDir, RaftAddr: *raftAddr, APIAddr: *httpAddr, Peers: peers, NoBootstrap: *join != "",
 		ClockOffset: *clockOffset, ClockOffsetFunc: clockFn, DebugDiskFullFile: *diskFullFile,
 		Registerer: reg, Logger: log, PeerTLS: sec.peerTLS,
 	}, machine)
@@ -175,6 +192,12 @@ func serve(args []string, stderr io.Writer) int {
 	srv := api.New(api.Config{Node: node, Alloc: machine.Alloc, Carts: machine, Registry: reg, Logger: log, Auth: sec.authenticator(), ForwardTLS: sec.forwardTLS})
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
+	if *join != "" {
+		if err := joinCluster(node, *join, ctl.Member{ID: *id, RaftAddr: *raftAddr, APIAddr: *httpAddr}, log); err != nil {
+			log.Error("cannot join", "url", *join, "err", err)
+			return 1
+		}
+	}
 
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
@@ -209,6 +232,7 @@ func serve(args []string, stderr io.Writer) int {
 			return 1
 		}
 	}
+	drainAndStepDown(srv, node, log)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := srv.Shutdown(ctx); err != nil {
