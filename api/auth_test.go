@@ -326,6 +326,7 @@ func TestAuthRefusalLogIsRateLimited(t *testing.T) {
 	log := slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	tb := testTokens(t)
 	n := startSecureCluster(t, 1, func(_ int, c *api.Config) { c.Auth = tb; c.Logger = log }, nil)[0]
+	start := time.Now()
 	for i := range 200 {
 		tok := "hf_guess-" + fmt.Sprint(i)
 		if i%2 == 0 {
@@ -335,9 +336,11 @@ func TestAuthRefusalLogIsRateLimited(t *testing.T) {
 			t.Fatalf("attempt %d: %d", i, r.status)
 		}
 	}
-	lines := strings.Count(buf.String(), "request refused by auth")
-	if lines < 1 || lines > 2 {
-		t.Fatalf("200 refusals made %d log lines, want 1 (or 2 across a second boundary):\n%s", lines, buf.String())
+	// One line per started second at most (the burst takes well under a
+	// second, unless the machine is very busy).
+	lines, most := strings.Count(buf.String(), "request refused by auth"), int(time.Since(start)/time.Second)+1
+	if lines < 1 || lines > most {
+		t.Fatalf("200 refusals in %v made %d log lines, want 1 to %d:\n%s", time.Since(start), lines, most, buf.String())
 	}
 	if strings.Contains(buf.String(), "hf_guess") || strings.Contains(buf.String(), tokRead) {
 		t.Fatal("a token was logged")
