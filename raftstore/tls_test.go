@@ -289,3 +289,59 @@ func TestLoadPeerTLS(t *testing.T) {
 		t.Fatal("a missing CA file was accepted")
 	}
 }
+
+// TestJoinNeedsPeerCertificate: a node added to a running mTLS cluster
+// catches up only with a certificate from the peer CA; one from another
+// CA is added to the configuration but never receives an entry.
+func TestJoinNeedsPeerCertificate(t *testing.T) {
+	ca, rogueCA := testcert.NewCA(t, "holdfast peers"), testcert.NewCA(t, "someone else")
+	ms := newMembers(t, 3)
+	for _, m := range ms {
+		m.tls = peerTLS(t, ca, m.id)
+	}
+	startTLSMembers(t, ms)
+	waitTLSLeader(t, ms)
+	proposeTLS(t, ms, allocator.Command{Kind: allocator.KindPutPool, Pool: "p", Config: allocator.DefaultPoolConfig(10)})
+
+	join := func(id string, c *tls.Config) *tlsMember {
+		m := &tlsMember{id: id, dir: t.TempDir(), addr: freeAddr(t), tls: c, machine: engine.New(engine.Config{})}
+		var err error
+		m.node, err = raftstore.Open(raftstore.Config{
+			ID: m.id, DataDir: m.dir, RaftAddr: m.addr, APIAddr: "api-" + m.id, NoBootstrap: true, PeerTLS: m.tls,
+			HeartbeatTimeout: 200 * time.Millisecond, ElectionTimeout: 200 * time.Millisecond,
+			LeaderLeaseTimeout: 100 * time.Millisecond, Logger: quietLog(), RaftLog: io.Discard,
+		}, m.machine)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { m.node.Close() })
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		for {
+			if err := waitTLSLeader(t, ms).node.AddMember(ctx, id, m.addr, "", false); err == nil {
+				return m
+			} else if ctx.Err() != nil {
+				t.Fatalf("add %s: %v", id, err)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	good := join("n4", peerTLS(t, ca, "n4"))
+	rogue := join("n5", peerTLS(t, rogueCA, "n5"))
+	want := waitTLSLeader(t, ms).node.Status().CommitIndex
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := good.node.WaitApplied(ctx, want); err != nil {
+		t.Fatalf("a node with a peer certificate did not catch up: %v (%+v)", err, good.node.Status())
+	}
+	if _, err := good.machine.Alloc.Pool("p"); err != nil {
+		t.Fatalf("the joined node lacks the pool: %v", err)
+	}
+	time.Sleep(time.Second) // the leader keeps trying to replicate to n5
+	if st := rogue.node.Status(); st.LastIndex != 0 || st.AppliedIndex != 0 || st.Leader != "" {
+		t.Fatalf("a node with a foreign certificate received entries: %+v", st)
+	}
+	if _, err := rogue.machine.Alloc.Pool("p"); err == nil {
+		t.Fatal("a node with a foreign certificate has the pool")
+	}
+}
