@@ -43,12 +43,17 @@ bench-compare:
 bench-peers:
 	$(GO) test -tags peers -count=1 ./bench/peers
 
-# Short fuzzing runs of every fuzz target (FUZZTIME each).
+# Short fuzzing runs of every fuzz target (FUZZTIME each). The HTTP
+# fuzzers drive a live node, one worker each (-parallel 1).
 FUZZTIME ?= 30s
 fuzz:
 	$(GO) test ./allocator -run '^$$' -fuzz FuzzDecodeCommand -fuzztime $(FUZZTIME)
 	$(GO) test ./lease -run '^$$' -fuzz FuzzWheel -fuzztime $(FUZZTIME)
-	$(GO) test ./api -run '^$$' -fuzz FuzzRequest -fuzztime $(FUZZTIME)
+	$(GO) test ./api -run '^$$' -fuzz '^FuzzRequest$$' -fuzztime $(FUZZTIME) -parallel 1
+	$(GO) test ./api -run '^$$' -fuzz '^FuzzRoutes$$' -fuzztime $(FUZZTIME) -parallel 1
+	$(GO) test ./api -run '^$$' -fuzz '^FuzzReserveDecoder$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./api -run '^$$' -fuzz '^FuzzStrictKeys$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./api -run '^$$' -fuzz '^FuzzAppendString$$' -fuzztime $(FUZZTIME)
 
 clean:
 	rm -rf bin data
