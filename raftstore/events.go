@@ -269,14 +269,46 @@ func (c *countingReader) Read(p []byte) (int, error) {
 	return k, err
 }
 
-// raftLogEvery: one hashicorp/raft message (by its text) is logged at most
-// this often; repeats in between are counted and reported with the next.
-// A dead follower otherwise costs a "failed to contact" line per lease
-// timeout.
-const raftLogEvery = 10 * time.Second
+// repeatEvery: one hashicorp/raft or Pebble message (by its text or
+// format) is logged at most this often; repeats in between are counted and
+// reported with the next. A dead follower otherwise costs a "failed to
+// contact" line per lease timeout.
+const repeatEvery = 10 * time.Second
 
-// maxRaftMessages bounds the messages whose repeats are tracked.
-const maxRaftMessages = 256
+// maxRepeatKeys bounds the messages whose repeats are tracked.
+const maxRepeatKeys = 256
+
+// repeatLimiter lets each message through at most once per repeatEvery.
+type repeatLimiter struct {
+	mu   sync.Mutex
+	seen map[string]*repeats
+}
+
+type repeats struct {
+	last       time.Time
+	suppressed int
+}
+
+// allow reports whether msg may be logged now, and how many times it was
+// held back since it last was.
+func (r *repeatLimiter) allow(msg string, now time.Time) (bool, int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	m := r.seen[msg]
+	if m == nil {
+		if r.seen == nil || len(r.seen) >= maxRepeatKeys {
+			r.seen = make(map[string]*repeats)
+		}
+		m = &repeats{}
+		r.seen[msg] = m
+	} else if now.Sub(m.last) < repeatEvery {
+		m.suppressed++
+		return false, 0
+	}
+	n := m.suppressed
+	m.last, m.suppressed = now, 0
+	return true, n
+}
 
 // raftLogger gives hashicorp/raft a logger. With out set (tests pass
 // io.Discard) it writes hclog's own text there; otherwise raft's warnings
@@ -286,20 +318,14 @@ func raftLogger(out io.Writer, log *slog.Logger) hclog.Logger {
 		return hclog.New(&hclog.LoggerOptions{Name: "raft", Level: hclog.Warn, Output: out})
 	}
 	l := hclog.NewInterceptLogger(&hclog.LoggerOptions{Name: "raft", Level: hclog.Warn, Output: io.Discard})
-	l.RegisterSink(&raftSink{log: log.With("component", "raft"), seen: map[string]*raftMsg{}})
+	l.RegisterSink(&raftSink{log: log.With("component", "raft")})
 	return l
 }
 
 // raftSink turns hclog records into slog records, rate-limited per message.
 type raftSink struct {
-	log  *slog.Logger
-	mu   sync.Mutex
-	seen map[string]*raftMsg
-}
-
-type raftMsg struct {
-	last       time.Time
-	suppressed int
+	log     *slog.Logger
+	repeats repeatLimiter
 }
 
 // Accept implements hclog.SinkAdapter.
@@ -313,23 +339,10 @@ func (s *raftSink) Accept(name string, level hclog.Level, msg string, args ...an
 	default:
 		return // raft's info and debug lines are per election step: too chatty
 	}
-	now := time.Now()
-	s.mu.Lock()
-	m := s.seen[msg]
-	if m == nil {
-		if len(s.seen) >= maxRaftMessages {
-			clear(s.seen)
-		}
-		m = &raftMsg{}
-		s.seen[msg] = m
-	} else if now.Sub(m.last) < raftLogEvery {
-		m.suppressed++
-		s.mu.Unlock()
+	ok, suppressed := s.repeats.allow(msg, time.Now())
+	if !ok {
 		return
 	}
-	suppressed := m.suppressed
-	m.last, m.suppressed = now, 0
-	s.mu.Unlock()
 	attrs := make([]any, 0, len(args)+2)
 	for i := 0; i+1 < len(args); i += 2 {
 		attrs = append(attrs, fmt.Sprint(args[i]), args[i+1])
@@ -342,3 +355,40 @@ func (s *raftSink) Accept(name string, level hclog.Level, msg string, args ...an
 	}
 	s.log.Log(context.Background(), lvl, msg, attrs...)
 }
+
+// pebbleLogger sends Pebble's messages to the node's log with
+// component=pebble: errors (a failed write or sync, which also latch the
+// store failed) at error, each format at most once per repeatEvery; its
+// informational lines, one per flush and compaction, at debug.
+type pebbleLogger struct {
+	log     *slog.Logger
+	repeats *repeatLimiter
+}
+
+func newPebbleLogger(log *slog.Logger) pebbleLogger {
+	return pebbleLogger{log: log.With("component", "pebble"), repeats: &repeatLimiter{}}
+}
+
+// Infof implements pebble.Logger.
+func (l pebbleLogger) Infof(format string, args ...any) {
+	if l.log.Enabled(context.Background(), slog.LevelDebug) {
+		l.log.Debug(fmt.Sprintf(format, args...))
+	}
+}
+
+// Errorf implements pebble.Logger.
+func (l pebbleLogger) Errorf(format string, args ...any) {
+	ok, suppressed := l.repeats.allow(format, time.Now())
+	if !ok {
+		return
+	}
+	if suppressed > 0 {
+		l.log.Error(fmt.Sprintf(format, args...), "repeats_not_logged", suppressed)
+		return
+	}
+	l.log.Error(fmt.Sprintf(format, args...))
+}
+
+// Fatalf implements pebble.Logger. The store's own logger never forwards
+// Fatalf (it latches the failure and calls Errorf); log it as an error.
+func (l pebbleLogger) Fatalf(format string, args ...any) { l.Errorf(format, args...) }

@@ -209,6 +209,7 @@ func Open(cfg Config, sm StateMachine) (*Node, error) {
 
 	var err error
 	var opts logstore.Options
+	opts.Logger = newPebbleLogger(n.log) // events.go
 	if cfg.DebugDiskFullFile != "" {
 		opts.FS = diskFullFS{FS: vfs.Default, trigger: cfg.DebugDiskFullFile}
 	}
