@@ -73,6 +73,7 @@ type benchSettings struct {
 	maxBatchCmds   int // 0: raftstore default
 	pipelines      int // 0: raftstore default
 	verbose        bool
+	disableFast    bool // api.Config.DisableFastRefusals
 }
 
 func envInt(b *testing.B, name string, def int) int {
@@ -177,7 +178,8 @@ func startBenchNode(b *testing.B, s benchSettings) *benchNode {
 		n.node.Close()
 		b.Fatalf("listen: %v", err)
 	}
-	n.srv = api.New(api.Config{Node: n.node, Alloc: n.machine.Alloc, Carts: n.machine, Registry: n.reg, Logger: quietLogger(), RequestTimeout: 5 * time.Second})
+	n.srv = api.New(api.Config{Node: n.node, Alloc: n.machine.Alloc, Carts: n.machine, Registry: n.reg, Logger: quietLogger(),
+		RequestTimeout: 5 * time.Second, DisableFastRefusals: s.disableFast})
 	go n.srv.Serve(ln)
 	b.Cleanup(func() {
 		n.stop(b)

@@ -15,12 +15,14 @@
 #   BENCH_FLAGS   extra flags for every run, after the script's own (so they
 #                 win), e.g. "--leader-aware=false" (round-robin holdfast
 #                 client) or "--find-max-steps 32,64,128"
+#   SERVE_FLAGS   extra flags for the holdfast nodes, e.g. "--fast-refusals=false"
 set -euo pipefail
 # (pipefail: a failed bench run fails its "| tee" too)
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-30s}
 OUT=${OUT:-bench-results}
 BENCH_FLAGS=${BENCH_FLAGS:-}
+SERVE_FLAGS=${SERVE_FLAGS:-}
 WORK=$(mktemp -d /tmp/holdfast-compare.XXXXXX)
 mkdir -p "$OUT"
 
@@ -38,8 +40,9 @@ mapfile -t peers < <(scripts/peers-up.sh)
 
 peerlist=n1=127.0.0.1:19181,n2=127.0.0.1:19182,n3=127.0.0.1:19183
 for i in 1 2 3; do
+  # shellcheck disable=SC2086
   bin/holdfast serve --id "n$i" --data "$WORK/n$i" --http "127.0.0.1:1818$i" --raft "127.0.0.1:1918$i" \
-    --peers "$peerlist" --log-level warn >"$WORK/n$i.log" 2>&1 &
+    --peers "$peerlist" --log-level warn $SERVE_FLAGS >"$WORK/n$i.log" 2>&1 &
   pids+=($!)
 done
 for i in 1 2 3; do
