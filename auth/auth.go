@@ -99,6 +99,7 @@ const (
 // Table is a parsed token file. It is immutable.
 type Table struct {
 	entries []Entry
+	byHash  map[[sha256.Size]byte]int // index into entries
 }
 
 // Len is the number of tokens.
@@ -107,22 +108,23 @@ func (t *Table) Len() int { return len(t.entries) }
 // Hash is the SHA-256 of a token, as the file stores it.
 func Hash(token []byte) [sha256.Size]byte { return sha256.Sum256(token) }
 
-// Lookup finds the entry of a presented token. It hashes the token and
-// compares the hash with every entry's in constant time, without stopping
-// at a match, so the time taken says nothing about which entry (if any)
-// matched or how much of a hash did.
+// Lookup finds the entry of a presented token. The token itself is never
+// compared with anything: it is hashed, the hash finds its candidate
+// entry, and the two hashes are compared with crypto/subtle. Whatever the
+// timing of the lookup reveals is about SHA-256 outputs, which say nothing
+// usable about any token (finding a token from its hash is a preimage
+// attack). The cost is the same for 3 tokens or 10,000; comparing with
+// every entry instead would cost about 100 ns per entry on every request.
 func (t *Table) Lookup(token []byte) (Entry, bool) {
 	h := Hash(token)
-	found := -1
-	for i := range t.entries {
-		if subtle.ConstantTimeCompare(h[:], t.entries[i].Hash[:]) == 1 {
-			found = i
-		}
-	}
-	if found < 0 {
+	i, ok := t.byHash[h]
+	if !ok {
 		return Entry{}, false
 	}
-	return t.entries[found], true
+	if subtle.ConstantTimeCompare(h[:], t.entries[i].Hash[:]) != 1 {
+		return Entry{}, false
+	}
+	return t.entries[i], true
 }
 
 func validName(s string) bool {
@@ -149,9 +151,9 @@ func Parse(r io.Reader) (*Table, error) {
 	if len(data) > MaxFileBytes {
 		return nil, fmt.Errorf("token file over %d bytes", MaxFileBytes)
 	}
-	t := &Table{}
+	t := &Table{byHash: map[[sha256.Size]byte]int{}}
 	names := map[string]int{}
-	hashes := map[[sha256.Size]byte]int{}
+	hashes := map[[sha256.Size]byte]int{} // line numbers
 	sc := bufio.NewScanner(bytes.NewReader(data))
 	sc.Buffer(make([]byte, 0, 4096), MaxFileBytes)
 	for line := 1; sc.Scan(); line++ {
@@ -189,6 +191,7 @@ func Parse(r io.Reader) (*Table, error) {
 		}
 		names[f[1]], hashes[e.Hash] = line, line
 		e.Role, e.Name = role, f[1]
+		t.byHash[e.Hash] = len(t.entries)
 		t.entries = append(t.entries, e)
 	}
 	if err := sc.Err(); err != nil {

@@ -3,6 +3,7 @@ package auth
 import (
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -135,5 +136,28 @@ func TestNewToken(t *testing.T) {
 	}
 	if e, ok := tb.Lookup([]byte(a)); !ok || e.Role != Checkout {
 		t.Fatal("a generated token does not match its own entry")
+	}
+}
+
+// BenchmarkLookup: the cost auth adds to a request (hash + compare with
+// every entry), by table size.
+func BenchmarkLookup(b *testing.B) {
+	for _, n := range []int{3, 100, 1000} {
+		var lines []string
+		for i := range n {
+			lines = append(lines, FormatEntry(Read, "t"+strconv.Itoa(i), []byte("hf_token-"+strconv.Itoa(i))))
+		}
+		tb, err := Parse(strings.NewReader(strings.Join(lines, "\n")))
+		if err != nil {
+			b.Fatal(err)
+		}
+		tok := []byte("hf_token-" + strconv.Itoa(n-1))
+		b.Run(strconv.Itoa(n)+"_tokens", func(b *testing.B) {
+			for b.Loop() {
+				if _, ok := tb.Lookup(tok); !ok {
+					b.Fatal("not found")
+				}
+			}
+		})
 	}
 }
