@@ -47,7 +47,9 @@ func (m *Machine) checkout(st Store, pools Pools, now int64, cmd *Command) Resul
 			switch {
 			case prev.State == CheckoutConfirmed:
 				return Result{Err: errorf(allocator.InvalidState, "cart %s was ordered by checkout %s; edit it to reopen it", c.ID, prev.ID), Cart: c}
-			case prev.State == CheckoutHeld && now < prev.ExpiresAtMs:
+			case prev.State == CheckoutHeld && now < prev.ExpiresAtMs && (pools == nil || pools.Holding(prev.ReservationID)):
+				// A hold released early (POST .../release) no longer
+				// blocks a new checkout.
 				return Result{Err: errorf(allocator.InvalidState, "checkout %s of cart %s is still held", prev.ID, c.ID), Cart: c}
 			}
 		}

@@ -221,6 +221,10 @@ func (f *fakePools) Confirm(id uint64) allocator.Result {
 
 func (f *fakePools) release(id uint64) { f.end(f.res[id-1], allocator.StateReleased) }
 
+func (f *fakePools) Holding(id uint64) bool {
+	return id >= 1 && id <= uint64(len(f.res)) && f.res[id-1].state == allocator.StateActive
+}
+
 // allocPools adapts a real *allocator.Machine, as the engine does.
 type allocPools struct {
 	m   *allocator.Machine
@@ -241,6 +245,11 @@ func (a *allocPools) one(c allocator.Command) allocator.Result {
 
 func (a *allocPools) Reserve(buyer string, lines []allocator.LineRequest, ttl int64, partial bool) allocator.Result {
 	return a.one(allocator.Command{Kind: allocator.KindReserve, Buyer: buyer, Lines: lines, TTLMs: ttl, Partial: partial})
+}
+
+func (a *allocPools) Holding(id uint64) bool {
+	v, err := a.m.Reservation(id)
+	return err == nil && v.State == allocator.StateActive
 }
 
 func (a *allocPools) Confirm(id uint64) allocator.Result {

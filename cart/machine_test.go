@@ -352,6 +352,24 @@ func TestCheckoutExpiry(t *testing.T) {
 	}
 }
 
+// TestCheckoutAfterRelease: a checkout whose hold was released early (the
+// client gave the units back) does not block the next checkout of the cart
+// until its expires_at; one still held does.
+func TestCheckoutAfterRelease(t *testing.T) {
+	h := newHarness(t, Config{})
+	h.pools.put(pool("A", ""), 10, 0)
+	c := h.create("user:1")
+	cart := h.add(c, item("A", ""), 1)
+	co := h.ok(Command{Kind: KindCheckout, Cart: c, ExpectedVersion: cart.Version, TTLMs: 60_000}).Checkout
+	cart = h.cart(c)
+	h.fail(Command{Kind: KindCheckout, Cart: c, ExpectedVersion: cart.Version}, allocator.InvalidState) // still held
+	h.pools.release(co.ReservationID)
+	co2 := h.ok(Command{Kind: KindCheckout, Cart: c, ExpectedVersion: cart.Version}).Checkout
+	if co2.ID == co.ID || co2.ReservationID == co.ReservationID {
+		t.Fatalf("second checkout %+v", co2)
+	}
+}
+
 func TestPartialCheckout(t *testing.T) {
 	h := newHarness(t, Config{})
 	h.pools.put(pool("A", ""), 10, 0).put(pool("B", ""), 1, 0).put(pool("C", ""), 10, 1)

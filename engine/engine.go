@@ -142,6 +142,11 @@ func (p pools) Reserve(buyer string, lines []allocator.LineRequest, ttlMs int64,
 	return p.a.ApplyCommands([]allocator.Command{c}, nil)[0]
 }
 
+func (p pools) Holding(id uint64) bool {
+	v, err := p.a.Reservation(id)
+	return err == nil && v.State == allocator.StateActive
+}
+
 func (p pools) Confirm(id uint64) allocator.Result {
 	c := allocator.Command{Kind: allocator.KindConfirm, Reservation: id}
 	return p.a.ApplyCommands([]allocator.Command{c}, nil)[0]
