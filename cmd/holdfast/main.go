@@ -8,7 +8,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"os"
 	"os/signal"
@@ -110,6 +109,7 @@ func serve(args []string, stderr io.Writer) int {
 	raftAddr := fs.String("raft", "127.0.0.1:9080", "Raft listen address")
 	peersFlag := fs.String("peers", "", "initial members id=host:port,... (same on every node)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	logFormat := fs.String("log-format", "text", "text (key=value) or json (one object per line)")
 	join := fs.String("join", "", "URL of a running node's API: join its cluster (empty data directory; uses $HOLDFAST_TOKEN)")
 	restore := fs.String("restore", "", "backup file (holdfast ctl backup): start a new cluster from it (empty data directory)")
 	clockOffset := fs.Duration("debug-clock-offset", 0, "shift this node's clock (fault tests only)")
@@ -119,12 +119,11 @@ func serve(args []string, stderr io.Writer) int {
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	var level slog.Level
-	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
-		fmt.Fprintln(stderr, "holdfast: bad --log-level:", err)
+	log, err := newLogger(stderr, *logLevel, *logFormat)
+	if err != nil {
+		fmt.Fprintln(stderr, "holdfast:", err)
 		return 2
 	}
-	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 	sec, err := secFlags.load(*httpAddr, *raftAddr, log)
 	if err != nil {
 		fmt.Fprintln(stderr, "holdfast:", err)
