@@ -178,8 +178,19 @@ func (m *Machine) Checkout(id string) (*cart.Checkout, *allocator.Error) {
 // ClockMs is the log clock of the last applied entry.
 func (m *Machine) ClockMs() int64 { return m.Alloc.ClockMs() }
 
-// NextDeadlineMs is when the next hold or key falls due, if any.
-func (m *Machine) NextDeadlineMs() (int64, bool) { return m.Alloc.NextDeadlineMs() }
+// NextDeadlineMs is when the next hold, key, idle cart or checkout
+// retention falls due, if any: the leader proposes a tick then, so carts
+// expire on an idle log too.
+func (m *Machine) NextDeadlineMs() (int64, bool) {
+	next, ok := m.Alloc.NextDeadlineMs()
+	if m.kv == nil || m.restoring.Load() {
+		return next, ok
+	}
+	if due, has := cart.NextDueMs(readOnly{m.kv}); has && (!ok || due < next) {
+		next, ok = due, true
+	}
+	return next, ok
+}
 
 // Snapshot format: the allocator's snapshot, length-prefixed, then the
 // keyspace as (key, value) records, uvarint-length-prefixed, ending with

@@ -62,6 +62,31 @@ func TestSnapshotRestoreWithKeyspace(t *testing.T) {
 	}
 }
 
+// TestNextDeadlineIncludesCarts: an idle cart's expiry is a deadline the
+// leader must tick for, even with no holds anywhere.
+func TestNextDeadlineIncludesCarts(t *testing.T) {
+	m := New(Config{Carts: cart.Config{IdleTTLMs: 5_000}, Allocator: allocator.Config{MaxClockStepMs: 60_000}})
+	if err := m.OpenKV(newMemKV()); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := m.NextDeadlineMs(); ok {
+		t.Fatal("a deadline on an empty machine")
+	}
+	c := cart.Command{Kind: cart.KindCreate, Owner: "anon:1"}
+	r := m.Apply(1_000_000, [][]byte{c.AppendEncode(nil)})[0].(cart.Result)
+	if r.Err != nil {
+		t.Fatal(r.Err)
+	}
+	due, ok := m.NextDeadlineMs()
+	if !ok || due != 1_005_000 {
+		t.Fatalf("next deadline %d %v, want the idle cart's 1005000", due, ok)
+	}
+	m.Apply(due, nil) // the tick the leader proposes
+	if _, err := m.Cart(r.Cart.ID); err == nil {
+		t.Fatal("the idle cart outlived its deadline")
+	}
+}
+
 // TestOneClockStepPerEntry: an entry of interleaved allocator and cart
 // commands moves the clock once, by at most MaxClockStepMs, and the cart
 // layer runs on that clock, not on the raw leader stamp.
