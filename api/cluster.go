@@ -299,8 +299,8 @@ func (s *Server) backup(ctx *fasthttp.RequestCtx, _ []string) *apiError {
 // forwardStream relays a request to the leader and streams its answer
 // back.
 func (s *Server) forwardStream(ctx *fasthttp.RequestCtx) *apiError {
-	if len(ctx.Request.Header.Peek(forwardedHeader)) > 0 {
-		return unavailable("no leader (request was already forwarded once)")
+	if s.relayedHere(&ctx.Request) { // see forward
+		return unavailable("no leader (the request came back to a node that relayed it)")
 	}
 	_, addr, ok := s.node.Leader()
 	if !ok {
@@ -312,7 +312,7 @@ func (s *Server) forwardStream(ctx *fasthttp.RequestCtx) *apiError {
 	req := fasthttp.AcquireRequest()
 	defer fasthttp.ReleaseRequest(req)
 	ctx.Request.CopyTo(req)
-	req.Header.Set(forwardedHeader, s.node.ID())
+	s.markRelayed(req)
 	resp := fasthttp.AcquireResponse()
 	if err := c.Do(req, resp); err != nil {
 		fasthttp.ReleaseResponse(resp)

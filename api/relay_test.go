@@ -55,6 +55,10 @@ func TestRelayHeadersFromClientsIgnored(t *testing.T) {
 		if r.status != 200 {
 			t.Fatalf("headers %q: read: status %d: %s", hs, r.status, r.body)
 		}
+		r = f.call(t, "GET", "/v1/backup", "", hs...) // streamed from the leader
+		if r.status != 200 || r.header.Get("X-Holdfast-Via") != f.id {
+			t.Fatalf("headers %q: backup: status %d via %q: %.200s", hs, r.status, r.header.Get("X-Holdfast-Via"), r.body)
+		}
 	}
 }
 
