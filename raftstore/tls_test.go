@@ -233,7 +233,7 @@ func TestRaftListenerChecksClientCertificates(t *testing.T) {
 		defer c.Close()
 		// TLS 1.3: the server's verdict on the client certificate arrives
 		// after the client's side of the handshake; a read surfaces it.
-		c.SetReadDeadline(time.Now().Add(time.Second))
+		c.SetReadDeadline(time.Now().Add(2 * time.Second))
 		_, err = c.Read(make([]byte, 1))
 		var ne net.Error
 		if errors.As(err, &ne) && ne.Timeout() {
