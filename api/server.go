@@ -737,7 +737,7 @@ func (s *Server) putPool(ctx *fasthttp.RequestCtx, args []string) *apiError {
 	}
 	// as_of is when the write applied (its updated_at), not the clock now:
 	// an idempotent replay must return the first response unchanged.
-	writeJSON(ctx, status, poolOut(r.Pool, r.Pool.UpdatedAtMs, "linearizable"))
+	writePool(ctx, status, r.Pool, r.Pool.UpdatedAtMs, "linearizable")
 	return nil
 }
 
@@ -763,7 +763,7 @@ func (s *Server) adjustPool(ctx *fasthttp.RequestCtx, args []string) *apiError {
 	if r.Err != nil {
 		return resultError(&r)
 	}
-	writeJSON(ctx, fasthttp.StatusOK, poolOut(r.Pool, r.Pool.UpdatedAtMs, "linearizable"))
+	writePool(ctx, fasthttp.StatusOK, r.Pool, r.Pool.UpdatedAtMs, "linearizable")
 	return nil
 }
 
@@ -780,7 +780,7 @@ func (s *Server) getPool(ctx *fasthttp.RequestCtx, args []string) *apiError {
 	if err != nil {
 		return fromDomain(err, nil)
 	}
-	writeJSON(ctx, fasthttp.StatusOK, poolOut(p, asOf, consistency))
+	writePool(ctx, fasthttp.StatusOK, p, asOf, consistency)
 	return nil
 }
 
