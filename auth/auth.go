@@ -177,7 +177,11 @@ func Parse(r io.Reader) (*Table, error) {
 			return nil, fmt.Errorf("line %d: hash must start with %q", line, hashPrefix)
 		}
 		var e Entry
-		if n, err := hex.Decode(e.Hash[:], []byte(hexHash)); err != nil || n != sha256.Size || len(hexHash) != 2*sha256.Size {
+		// The length first: hex.Decode writes past a short destination.
+		if len(hexHash) != 2*sha256.Size {
+			return nil, fmt.Errorf("line %d: hash must be %s followed by 64 hex digits", line, hashPrefix)
+		}
+		if _, err := hex.Decode(e.Hash[:], []byte(hexHash)); err != nil {
 			return nil, fmt.Errorf("line %d: hash must be %s followed by 64 hex digits", line, hashPrefix)
 		}
 		if prev, dup := names[f[1]]; dup {

@@ -1,6 +1,7 @@
 package auth
 
 import (
+	"encoding/hex"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -63,6 +64,8 @@ func TestParseRejects(t *testing.T) {
 		"no prefix":       strings.Replace(good, "sha256:", "", 1),
 		"short hash":      good[:len(good)-2],
 		"non-hex hash":    good[:len(good)-1] + "g",
+		"long hash":       good + "00",
+		"odd hash":        good + "0",
 		"plain token":     "read a hf_secret",
 		"duplicate name":  good + "\n" + FormatEntry(Admin, "a", []byte("t2")),
 		"duplicate token": good + "\n" + FormatEntry(Admin, "b", []byte("t1")),
@@ -160,4 +163,38 @@ func BenchmarkLookup(b *testing.B) {
 			}
 		})
 	}
+}
+
+// FuzzParse: no input panics the parser, and a file it accepts says the
+// same thing when written back out line by line.
+func FuzzParse(f *testing.F) {
+	f.Add(FormatEntry(Admin, "ops", []byte("t1")) + "\n# c\n\n" + FormatEntry(Read, "r", []byte("t2")))
+	f.Add("admin a sha256:" + strings.Repeat("0", 64))
+	f.Add("read\tx\tsha256:" + strings.Repeat("f", 64) + "\r\n")
+	f.Add("checkout n sha256:zz")
+	f.Fuzz(func(t *testing.T, file string) {
+		tb, err := Parse(strings.NewReader(file))
+		if err != nil {
+			return
+		}
+		var lines []string
+		for _, e := range tb.entries {
+			lines = append(lines, e.Role.String()+" "+e.Name+" sha256:"+hex.EncodeToString(e.Hash[:]))
+		}
+		again, err := Parse(strings.NewReader(strings.Join(lines, "\n")))
+		if err != nil {
+			t.Fatalf("written back, the file does not parse: %v", err)
+		}
+		if len(again.entries) != len(tb.entries) {
+			t.Fatalf("%d entries became %d", len(tb.entries), len(again.entries))
+		}
+		for i := range tb.entries {
+			if again.entries[i] != tb.entries[i] {
+				t.Fatalf("entry %d: %+v became %+v", i, tb.entries[i], again.entries[i])
+			}
+			if got, ok := again.byHash[tb.entries[i].Hash]; !ok || got != i {
+				t.Fatalf("entry %d not found by its hash", i)
+			}
+		}
+	})
 }
