@@ -4,7 +4,7 @@ BIN     := bin/holdfast
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: all build run test vet fmt-check bench bench-compare bench-peers fuzz clean
+.PHONY: all build run test vet fmt-check bench bench-compare bench-peers fuzz chaos clean
 
 all: build
 
@@ -54,6 +54,17 @@ fuzz:
 	$(GO) test ./api -run '^$$' -fuzz '^FuzzReserveDecoder$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./api -run '^$$' -fuzz '^FuzzStrictKeys$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./api -run '^$$' -fuzz '^FuzzAppendString$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./auth -run '^$$' -fuzz FuzzParse -fuzztime $(FUZZTIME)
+
+# Long randomized fault-injection runs (chaos/, docs/reliability.md): real
+# 3-node clusters, faults chosen by SEED (0: a random seed, printed) for
+# DURATION, then linearizability and state checks and a summary table. A
+# failure prints the seed and the command that reproduces it. The CI-sized
+# run (fixed seed, about 2 minutes) is part of make test.
+SEED ?= 0
+DURATION ?= 10m
+chaos:
+	$(GO) test ./chaos -run 'TestChaos$$' -count=1 -v -timeout 3h -chaos.seed=$(SEED) -chaos.duration=$(DURATION)
 
 clean:
 	rm -rf bin data
