@@ -148,6 +148,9 @@ func TestAuthRolesByEndpoint(t *testing.T) {
 		{auth.Checkout, "POST", "/v1/checkouts/co_999/confirm", ""},
 		{auth.Admin, "PUT", "/v1/pools/q{i}", `{"on_hand": 5}`},
 		{auth.Admin, "POST", "/v1/pools/p/adjust", `{"delta": 1}`},
+		{auth.Read, "GET", "/v1/cluster/members", ""},
+		{auth.Admin, "GET", "/v1/backup", ""},
+		{auth.Admin, "DELETE", "/v1/cluster/members/n9", ""},
 	}
 	creds := []struct {
 		name   string
