@@ -51,6 +51,7 @@ fuzz:
 	$(GO) test ./lease -run '^$$' -fuzz FuzzWheel -fuzztime $(FUZZTIME)
 	$(GO) test ./api -run '^$$' -fuzz '^FuzzRequest$$' -fuzztime $(FUZZTIME) -parallel 1
 	$(GO) test ./api -run '^$$' -fuzz '^FuzzRoutes$$' -fuzztime $(FUZZTIME) -parallel 1
+	$(GO) test ./api -run '^$$' -fuzz '^FuzzRawHTTP$$' -fuzztime $(FUZZTIME) -parallel 1
 	$(GO) test ./api -run '^$$' -fuzz '^FuzzReserveDecoder$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./api -run '^$$' -fuzz '^FuzzStrictKeys$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./api -run '^$$' -fuzz '^FuzzAppendString$$' -fuzztime $(FUZZTIME)

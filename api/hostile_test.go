@@ -461,6 +461,7 @@ func TestHostileIdleClient(t *testing.T) {
 	fmt.Println("idle-client ready")
 	io.Copy(io.Discard, os.Stdin)
 	for _, c := range conns {
+		c.(*net.TCPConn).SetLinger(0) // reset: leave no 10,000 ports in TIME_WAIT
 		c.Close()
 	}
 }
