@@ -280,6 +280,25 @@ func TestClusterEndpoints(t *testing.T) {
 	if code != 0 || !strings.Contains(out, "leader is now") || strings.Contains(out, "now "+follower.id) {
 		t.Fatalf("ctl transfer-leader: %d %s", code, out)
 	}
+	// The operator metrics: who leads, how many leaders each node saw.
+	now := waitLeader(t, nodes, 5*time.Second)
+	for _, n := range nodes {
+		body := string(do(t, "GET", n.url("/metrics"), "").body)
+		wantLeader := "holdfast_raft_leader 0"
+		if n == now {
+			wantLeader = "holdfast_raft_leader 1"
+		}
+		for _, want := range []string{wantLeader, "holdfast_raft_has_leader 1", `holdfast_raft_members{suffrage="voter"} 3`,
+			"holdfast_expiry_lag_seconds 0", `holdfast_raft_index{kind="commit"}`} {
+			if !strings.Contains(body, want+"\n") && !strings.Contains(body, want+" ") {
+				t.Errorf("%s /metrics lacks %q", n.id, want)
+			}
+		}
+		if !strings.Contains(body, "holdfast_raft_leader_changes_total 3") {
+			i := strings.Index(body, "holdfast_raft_leader_changes_total ")
+			t.Errorf("%s saw leader changes: %q, want 3 (start and two transfers)", n.id, body[i:min(len(body), i+40)])
+		}
+	}
 	// The last voter cannot be removed.
 	single := startCluster(t, 1)
 	if r := do(t, "DELETE", single[0].url("/v1/cluster/members/n1"), ""); r.status != 409 || r.errCode() != "invalid_state" {

@@ -289,6 +289,7 @@ func Open(cfg Config, sm StateMachine) (*Node, error) {
 		n.log.Info("bootstrapped cluster", "members", len(servers))
 	}
 	n.verify.raft = n.raft
+	n.registerOpsMetrics(cfg.Registerer)
 	n.wg.Add(1)
 	go n.proposeLoop()
 	n.wg.Add(1)

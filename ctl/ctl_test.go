@@ -1,0 +1,258 @@
+package ctl
+
+import (
+	"bytes"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/holdfast/holdfast/api"
+	"github.com/holdfast/holdfast/auth"
+	"github.com/holdfast/holdfast/engine"
+	"github.com/holdfast/holdfast/raftstore"
+)
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// startNode runs a one-node cluster in process and returns its API
+// address; with tokens (role name -> token) the API requires them.
+func startNode(t *testing.T, tokens map[auth.Role]string) string {
+	t.Helper()
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	m := engine.New(engine.Config{})
+	httpAddr := freeAddr(t)
+	n, err := raftstore.Open(raftstore.Config{ID: "n1", DataDir: t.TempDir(), RaftAddr: freeAddr(t), APIAddr: httpAddr,
+		HeartbeatTimeout: 200 * time.Millisecond, ElectionTimeout: 200 * time.Millisecond, LeaderLeaseTimeout: 100 * time.Millisecond,
+		Logger: quiet, RaftLog: io.Discard}, m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := api.Config{Node: n, Alloc: m.Alloc, Carts: m, Logger: quiet}
+	if tokens != nil {
+		var lines []string
+		for role, tok := range tokens {
+			lines = append(lines, auth.FormatEntry(role, role.String()+"-test", []byte(tok)))
+		}
+		table, err := auth.Parse(strings.NewReader(strings.Join(lines, "\n") + "\n"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.Auth = table
+	}
+	srv := api.New(cfg)
+	ln, err := net.Listen("tcp", httpAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(ln)
+	t.Cleanup(func() {
+		srv.Shutdown(t.Context())
+		n.Close()
+	})
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if _, _, ok := n.Leader(); ok {
+			return httpAddr
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no leader")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// ctl runs holdfast ctl with an environment of its own.
+func ctlRun(t *testing.T, envv map[string]string, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	code = run(args, env{stdout: &out, stderr: &errOut, getenv: func(k string) string { return envv[k] }})
+	return out.String(), errOut.String(), code
+}
+
+func mustCtl(t *testing.T, envv map[string]string, args ...string) string {
+	t.Helper()
+	out, errOut, code := ctlRun(t, envv, args...)
+	if code != 0 {
+		t.Fatalf("ctl %v: exit %d\n%s%s", args, code, out, errOut)
+	}
+	return out
+}
+
+// TestCtlPoolsAndReservations: ctl against a live node through
+// HOLDFAST_ADDR: tables by default, JSON with --json, the calls' effects
+// visible through the API.
+func TestCtlPoolsAndReservations(t *testing.T) {
+	addr := startNode(t, nil)
+	e := map[string]string{"HOLDFAST_ADDR": addr} // host:port: http is assumed
+
+	out := mustCtl(t, e, "pools", "create", "sneaker-42", "--on-hand", "10", "--per-buyer-limit", "1", "--waitlist")
+	for _, want := range []string{"pool", "sneaker-42", "on_hand", "10", "available", "per_buyer_limit"} {
+		if !strings.Contains(out, want) {
+			t.Fatalf("pools create printed no %q:\n%s", want, out)
+		}
+	}
+	mustCtl(t, e, "pools", "create", "tee", "--on-hand", "500")
+	out = mustCtl(t, e, "pools", "adjust", "sneaker-42", "-3")
+	if !regexpLine(out, "on_hand", "7") {
+		t.Fatalf("adjust -3 printed:\n%s", out)
+	}
+
+	// A reservation made through the API, shown and released with ctl.
+	c, _ := NewClient(addr, "", "")
+	var r struct {
+		ID string `json:"id"`
+	}
+	if err := c.do(t.Context(), request{method: "POST", path: "/v1/reservations", body: map[string]any{"buyer": "u-1", "lines": []any{map[string]any{"pool": "sneaker-42", "qty": 1}}}}, &r); err != nil {
+		t.Fatal(err)
+	}
+	out = mustCtl(t, e, "reservations", "show", r.ID)
+	if !regexpLine(out, "state", "active") || !strings.Contains(out, "sneaker-42") {
+		t.Fatalf("reservations show:\n%s", out)
+	}
+	out = mustCtl(t, e, "reservations", "release", r.ID, "--json")
+	var rel map[string]any
+	if err := json.Unmarshal([]byte(out), &rel); err != nil || rel["state"] != "released" {
+		t.Fatalf("release --json: %v\n%s", err, out)
+	}
+
+	// list: a table with a header, every pool; --json is the pools array.
+	out = mustCtl(t, e, "pools", "list")
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if len(lines) != 3 || !strings.HasPrefix(lines[0], "POOL") || !strings.Contains(lines[0], "HEAT") {
+		t.Fatalf("pools list:\n%s", out)
+	}
+	out = mustCtl(t, e, "--json", "pools", "list")
+	var list struct {
+		Pools []struct {
+			ID     string `json:"id"`
+			OnHand int64  `json:"on_hand"`
+			Demand struct {
+				Heat string `json:"heat"`
+			} `json:"demand"`
+		} `json:"pools"`
+	}
+	if err := json.Unmarshal([]byte(out), &list); err != nil || len(list.Pools) != 2 || list.Pools[0].Demand.Heat == "" {
+		t.Fatalf("pools list --json: %v\n%s", err, out)
+	}
+	out = mustCtl(t, e, "pools", "show", "tee", "--json")
+	if !strings.Contains(out, `"on_hand": 500`) {
+		t.Fatalf("pools show --json:\n%s", out)
+	}
+
+	// cluster status
+	out = mustCtl(t, e, "cluster", "status")
+	if !strings.Contains(out, "leader n1") || !regexpLine(out, "n1", "leader") {
+		t.Fatalf("cluster status:\n%s", out)
+	}
+
+	// Errors: the API's code on stderr, exit 1; usage mistakes exit 2.
+	_, errOut, code := ctlRun(t, e, "pools", "show", "nope")
+	if code != 1 || !strings.Contains(errOut, "404 not_found") {
+		t.Fatalf("show missing pool: %d %s", code, errOut)
+	}
+	_, errOut, code = ctlRun(t, e, "pools", "adjust", "tee", "-600")
+	if code != 1 || !strings.Contains(errOut, "409 invalid_state") {
+		t.Fatalf("adjust below zero: %d %s", code, errOut)
+	}
+	for _, bad := range [][]string{{"pools"}, {"pools", "create", "x"}, {"frobnicate"}, {"pools", "adjust", "tee", "lots"}, {}} {
+		if _, _, code := ctlRun(t, e, bad...); code != 2 {
+			t.Errorf("ctl %v: exit %d, want 2", bad, code)
+		}
+	}
+	// No node there: a clear error, exit 1.
+	_, errOut, code = ctlRun(t, map[string]string{"HOLDFAST_ADDR": "http://" + freeAddr(t)}, "cluster", "status")
+	if code != 1 || !strings.Contains(errOut, "connection refused") {
+		t.Fatalf("no node: %d %s", code, errOut)
+	}
+}
+
+// regexpLine reports whether a line starts with key and contains value.
+func regexpLine(out, key, value string) bool {
+	for _, l := range strings.Split(out, "\n") {
+		if strings.HasPrefix(strings.TrimSpace(l), key) && strings.Contains(l, value) {
+			return true
+		}
+	}
+	return false
+}
+
+// TestCtlToken: HOLDFAST_TOKEN is sent as a bearer token; without it, or
+// with a role too low, ctl reports the API's refusal.
+func TestCtlToken(t *testing.T) {
+	addr := startNode(t, map[auth.Role]string{auth.Admin: "hf_admin_token", auth.Read: "hf_read_token"})
+	base := "http://" + addr
+	_, errOut, code := ctlRun(t, map[string]string{"HOLDFAST_ADDR": base}, "pools", "list")
+	if code != 1 || !strings.Contains(errOut, "401 unauthenticated") {
+		t.Fatalf("no token: %d %s", code, errOut)
+	}
+	_, errOut, code = ctlRun(t, map[string]string{"HOLDFAST_ADDR": base, "HOLDFAST_TOKEN": "hf_read_token"}, "pools", "create", "p", "--on-hand", "1")
+	if code != 1 || !strings.Contains(errOut, "403 permission_denied") {
+		t.Fatalf("read token creating a pool: %d %s", code, errOut)
+	}
+	mustCtl(t, map[string]string{"HOLDFAST_ADDR": base, "HOLDFAST_TOKEN": "hf_admin_token"}, "pools", "create", "p", "--on-hand", "1")
+	// --token beats the environment.
+	out := mustCtl(t, map[string]string{"HOLDFAST_ADDR": base, "HOLDFAST_TOKEN": "wrong"}, "--token", "hf_read_token", "pools", "list")
+	if !strings.Contains(out, "p ") {
+		t.Fatalf("pools list with --token:\n%s", out)
+	}
+}
+
+// TestCtlBackupRestore: ctl backup writes a verified file; ctl restore
+// verifies it, refuses a damaged one, and prepares a data directory that a
+// node starts from with the same state.
+func TestCtlBackupRestore(t *testing.T) {
+	addr := startNode(t, nil)
+	e := map[string]string{"HOLDFAST_ADDR": addr}
+	mustCtl(t, e, "pools", "create", "p", "--on-hand", "42")
+	mustCtl(t, e, "pools", "adjust", "p", "8")
+	file := filepath.Join(t.TempDir(), "b.backup")
+	out := mustCtl(t, e, "backup", file)
+	if !regexpLine(out, "file", file) || !regexpLine(out, "last_index", "") {
+		t.Fatalf("backup printed:\n%s", out)
+	}
+	out = mustCtl(t, nil, "restore", file, "--json")
+	var h raftstore.BackupHeader
+	if err := json.Unmarshal([]byte(out), &h); err != nil || h.LastIndex == 0 || h.Format != raftstore.BackupFormat {
+		t.Fatalf("restore --json: %v\n%s", err, out)
+	}
+	// Damaged: refused, exit 1.
+	b, _ := os.ReadFile(file)
+	b[len(b)-1] ^= 1
+	bad := filepath.Join(t.TempDir(), "bad.backup")
+	os.WriteFile(bad, b, 0o644)
+	if _, errOut, code := ctlRun(t, nil, "restore", bad); code != 1 || !strings.Contains(errOut, "checksum") {
+		t.Fatalf("damaged backup: %d %s", code, errOut)
+	}
+	// A failed backup leaves no file behind.
+	if _, _, code := ctlRun(t, map[string]string{"HOLDFAST_ADDR": freeAddr(t)}, "backup", filepath.Join(t.TempDir(), "x")); code != 1 {
+		t.Fatalf("backup with no node: exit %d", code)
+	}
+
+	dir, raftAddr := t.TempDir(), freeAddr(t)
+	mustCtl(t, nil, "restore", file, "--data", dir, "--id", "n1", "--raft", raftAddr)
+	m := engine.New(engine.Config{})
+	n, err := raftstore.Open(raftstore.Config{ID: "n1", DataDir: dir, RaftAddr: raftAddr, APIAddr: "127.0.0.1:1",
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), RaftLog: io.Discard}, m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	p, perr := m.Alloc.Pool("p")
+	if perr != nil || p.Config.OnHand != 50 {
+		t.Fatalf("restored pool: %+v %v", p, perr)
+	}
+}
