@@ -640,3 +640,62 @@ func TestHostileFlood(t *testing.T) {
 		t.Fatalf("heap grew by %.1f MiB during the flood", d)
 	}
 }
+
+// TestHostileConnectionLimit: past Limits.MaxConns a new connection is
+// answered 503 unavailable in the contract's format (with Retry-After
+// and X-Holdfast-Node) and closed; once a connection closes, its place
+// serves again.
+func TestHostileConnectionLimit(t *testing.T) {
+	n := startCluster(t, 1)[0]
+	const limit = 5
+	addr := hostileServer(t, n, api.Limits{MaxConns: limit})
+	var held []net.Conn
+	defer func() {
+		for _, c := range held {
+			c.Close()
+		}
+	}()
+	health := []byte("GET /v1/health HTTP/1.1\r\nHost: h\r\n\r\n")
+	for range limit {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, c)
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		c.Write(health)
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil || resp.StatusCode != 200 {
+			t.Fatalf("connection within the limit: %v %v", resp, err)
+		}
+		resp.Body.Close()
+	}
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatalf("connection over the limit: %v", err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	c.Close()
+	wantRawError(t, "connection over the limit", rawResponse{resp.StatusCode, body}, 503, "unavailable")
+	if resp.Header.Get("Retry-After") != "1" || resp.Header.Get("X-Holdfast-Node") != n.id || resp.Header.Get("Content-Type") != "application/json" {
+		t.Fatalf("connection over the limit: headers %v", resp.Header)
+	}
+
+	held[0].Close()
+	held = held[1:]
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		r := rawExchange(t, addr, health)
+		if r.status == 200 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("a freed place does not serve: %d %s", r.status, r.body)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

@@ -5,9 +5,12 @@ import (
 	"crypto/rand"
 	"crypto/subtle"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
+	"sync/atomic"
 	"time"
 
 	"github.com/valyala/fasthttp"
@@ -31,8 +34,9 @@ type Limits struct {
 	// IdleTimeout is how long a kept-alive connection may wait for its
 	// next request before it is closed. Default 60s.
 	IdleTimeout time.Duration
-	// MaxConns is the most connections served at once (fasthttp's
-	// Concurrency); past it a new connection is answered 503 and closed.
+	// MaxConns is the most connections served at once; past it a new
+	// connection is answered 503 unavailable (in the contract's format,
+	// with Retry-After) and closed.
 	// An idle connection costs a goroutine and, between requests, no
 	// buffers (fasthttp's ReduceMemoryUsage): about 5 KiB. Default
 	// 65536, below the process's open-file limit on most systems.
@@ -100,7 +104,7 @@ func (s *Server) newHTTPServer(l Limits) *fasthttp.Server {
 		ReadTimeout:                  l.ReadTimeout,
 		WriteTimeout:                 l.WriteTimeout,
 		IdleTimeout:                  l.IdleTimeout,
-		Concurrency:                  l.MaxConns,
+		Concurrency:                  l.MaxConns + l.MaxConns/4 + 16, // the listener enforces MaxConns; a worker may lag its closed connection
 		MaxConnsPerIP:                l.MaxConnsPerIP,
 		ReadBufferSize:               l.MaxHeaderBytes,
 		ReduceMemoryUsage:            true, // idle connections hold no buffers
@@ -175,6 +179,73 @@ func (s *Server) markRelayed(req *fasthttp.Request) {
 }
 
 // ---- accepting ----
+
+// serveListener wraps ln for Serve: accept errors that may pass are
+// retried (retryListener) and connections beyond MaxConns are refused in
+// the contract's format (connLimitListener).
+func (s *Server) serveListener(ln net.Listener) net.Listener {
+	body, _ := json.Marshal(struct {
+		Error *apiError `json:"error"`
+	}{unavailable("too many connections to this node; retry")})
+	reject := fmt.Appendf(nil, "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"+
+		"X-Holdfast-Node: %s\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s", s.node.ID(), len(body), body)
+	return &connLimitListener{Listener: retryListener{ln, s.log}, max: int64(s.cfg.Limits.MaxConns), reject: reject, log: s.log}
+}
+
+// connLimitListener serves at most max connections at once. One more is
+// answered 503 unavailable and closed at once, before its request is
+// read: fasthttp's own limit (Concurrency) would answer in plain text.
+type connLimitListener struct {
+	net.Listener
+	max    int64
+	reject []byte // the whole 503 response
+	log    *slog.Logger
+
+	open      atomic.Int64
+	refused   atomic.Int64 // since the last warning
+	nextLogNs atomic.Int64
+}
+
+// connLimitLogEvery bounds the warnings about refused connections.
+const connLimitLogEvery = time.Minute
+
+// Accept implements net.Listener.
+func (l *connLimitListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		if l.open.Add(1) <= l.max {
+			return &countedConn{Conn: c, open: &l.open}, nil
+		}
+		l.open.Add(-1)
+		c.SetWriteDeadline(time.Now().Add(100 * time.Millisecond)) // never hold up accepting
+		c.Write(l.reject)
+		c.Close()
+		n := l.refused.Add(1)
+		if now := time.Now().UnixNano(); now >= l.nextLogNs.Load() {
+			l.nextLogNs.Store(now + int64(connLimitLogEvery))
+			l.refused.Add(-n)
+			l.log.Warn("connections refused: at the limit", "max_conns", l.max, "refused", n)
+		}
+	}
+}
+
+// countedConn gives its place back when closed.
+type countedConn struct {
+	net.Conn
+	open   *atomic.Int64
+	closed atomic.Bool
+}
+
+// Close implements net.Conn.
+func (c *countedConn) Close() error {
+	if c.closed.CompareAndSwap(false, true) {
+		c.open.Add(-1)
+	}
+	return c.Conn.Close()
+}
 
 // retryListener keeps accepting after temporary errors. fasthttp treats
 // every Accept error but a timeout as fatal and stops serving, so without

@@ -147,8 +147,9 @@ func (l fasthttpLogger) Printf(format string, args ...any) {
 }
 
 // Serve serves the API on ln until Shutdown.
-// Accept errors that may pass (out of file descriptors) are retried.
-func (s *Server) Serve(ln net.Listener) error { return s.srv.Serve(retryListener{ln, s.log}) }
+// Accept errors that may pass (out of file descriptors) are retried and
+// connections beyond Limits.MaxConns refused (see serveListener).
+func (s *Server) Serve(ln net.Listener) error { return s.srv.Serve(s.serveListener(ln)) }
 
 // Shutdown stops accepting connections and waits for in-flight requests.
 func (s *Server) Shutdown(ctx context.Context) error { return s.srv.ShutdownWithContext(ctx) }
