@@ -176,6 +176,7 @@ func TestChaos(t *testing.T) {
 	e.must(r.ClientPartition(ctx, 5*time.Second))
 	e.must(r.ClockJumps(ctx, []time.Duration{-3 * time.Minute, 3 * time.Minute, -2 * time.Minute, 5 * time.Minute}, 2500*time.Millisecond))
 	e.must(r.TermUnderLatency(ctx))
+	e.must(r.TermUnderBlackhole(ctx, 4*time.Second))
 	e.must(r.RollingRestart(ctx))
 	e.must(r.KillLeader(ctx, time.Second))
 	r.sleep(ctx, 2*time.Second)
@@ -188,7 +189,7 @@ func randomFaults(e *env, d time.Duration) {
 	end := time.Now().Add(d)
 	hold := func() time.Duration { return time.Duration(2000+r.rng.IntN(6000)) * time.Millisecond }
 	for time.Now().Before(end) && ctx.Err() == nil {
-		switch r.rng.IntN(13) {
+		switch r.rng.IntN(14) {
 		case 0:
 			e.must(r.KillLeader(ctx, hold()/2))
 		case 1:
@@ -217,6 +218,8 @@ func randomFaults(e *env, d time.Duration) {
 				e.must(r.RollingRestart(ctx))
 			}
 		case 12:
+			e.must(r.TermUnderBlackhole(ctx, hold()))
+		case 13:
 			r.sleep(ctx, hold()) // calm
 		}
 		r.sleep(ctx, time.Duration(500+r.rng.IntN(1500))*time.Millisecond)

@@ -364,8 +364,8 @@ func (r *Run) RollingRestart(ctx context.Context) error {
 }
 
 // termLimit bounds a SIGTERM exit: HTTP drain (10 s request timeout) plus
-// the bounded Raft close (5 s) plus slack.
-const termLimit = 20 * time.Second
+// the bounded Raft close (12 s) plus slack.
+const termLimit = 30 * time.Second
 
 func (r *Run) term(i int) error {
 	r.logf("SIGTERM %s", r.C.Nodes[i].ID)
@@ -682,4 +682,137 @@ func (r *Run) Summary(out io.Writer, elapsed time.Duration) {
 	}
 	r.Checks.mu.Unlock()
 	tw.Flush()
+}
+
+// SplitLeaderMinority puts the leader in the minority side of a split
+// (2 | 3 on five nodes, 1 | 2 on three) for d, measuring the time until
+// the majority side accepts a write.
+func (r *Run) SplitLeaderMinority(ctx context.Context, d time.Duration) error {
+	l, err := r.leader()
+	if err != nil {
+		return err
+	}
+	n := len(r.C.Nodes)
+	minority := []int{l}
+	for k := 1; len(minority) < (n-1)/2; k++ {
+		minority = append(minority, (l+k)%n)
+	}
+	var majority []int
+	for i := range n {
+		if !containsInt(minority, i) {
+			majority = append(majority, i)
+		}
+	}
+	start := time.Now()
+	r.logf("split %v (with the leader) | %v for %s", minority, majority, d)
+	r.C.Partition(minority, majority)
+	avail, err := r.probeSide(ctx, start, majority)
+	if err != nil {
+		r.Checks.Add("the majority side accepts writes when the leader is in the minority", false, "%v", err)
+	} else {
+		r.mu.Lock()
+		r.Avail = append(r.Avail, avail)
+		r.mu.Unlock()
+	}
+	r.sleep(ctx, d-time.Since(start))
+	r.C.Heal()
+	r.note(fmt.Sprintf("split %d (leader) | %d", len(minority), len(majority)), time.Since(start))
+	return nil
+}
+
+// KillFollowers SIGKILLs k followers at once (a quorum must remain) and
+// restarts them after down; writes must go on meanwhile.
+func (r *Run) KillFollowers(ctx context.Context, k int, down time.Duration) error {
+	l, err := r.leader()
+	if err != nil {
+		return err
+	}
+	n := len(r.C.Nodes)
+	var victims, alive []int
+	for j := 1; j < n; j++ {
+		if len(victims) < k {
+			victims = append(victims, (l+j)%n)
+		}
+	}
+	for i := range n {
+		if !containsInt(victims, i) {
+			alive = append(alive, i)
+		}
+	}
+	start := time.Now()
+	r.logf("SIGKILL followers %v", victims)
+	for _, v := range victims {
+		r.C.Kill(v)
+	}
+	avail, err := r.probeSide(ctx, start, alive)
+	r.Checks.Add(fmt.Sprintf("writes go on with %d followers down", k), err == nil, "first write after %s %v", avail.Round(time.Millisecond), err)
+	r.sleep(ctx, down)
+	for _, v := range victims {
+		if err := r.restart(v); err != nil {
+			return err
+		}
+	}
+	r.note(fmt.Sprintf("SIGKILL %d followers at once + restart", k), time.Since(start))
+	return nil
+}
+
+// probeSide is probeWrite through the given nodes only.
+func (r *Run) probeSide(ctx context.Context, since time.Time, nodes []int) (time.Duration, error) {
+	deadline := since.Add(60 * time.Second)
+	for n := 0; time.Now().Before(deadline) && ctx.Err() == nil; n++ {
+		i := nodes[n%len(nodes)]
+		key := fmt.Sprintf("probe-%d-%d", since.UnixNano(), n)
+		st, _, err := r.W.attempt(ctx, i, "POST", "/v1/pools/"+probePool+"/adjust", `{"delta":1}`, key)
+		if err == nil && st == 200 {
+			return time.Since(since), nil
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return 0, fmt.Errorf("no write through %v succeeded within 60 s", nodes)
+}
+
+func containsInt(s []int, v int) bool {
+	for _, x := range s {
+		if x == v {
+			return true
+		}
+	}
+	return false
+}
+
+// TermUnderBlackhole blackholes one follower (bytes to and from it vanish
+// and its connections never close: the timeout toxic with no timeout) for
+// a few seconds under load, so the leader's replication pipeline to it
+// fills and parks, then SIGTERMs the leader: the shape of
+// hashicorp/raft#612, where raft.Shutdown waits on that pipeline. The
+// process must still exit in bounded time.
+func (r *Run) TermUnderBlackhole(ctx context.Context, park time.Duration) error {
+	l, err := r.leader()
+	if err != nil {
+		return err
+	}
+	f := (l + 1 + r.rng.IntN(len(r.C.Nodes)-1)) % len(r.C.Nodes)
+	start := time.Now()
+	r.logf("blackhole follower %s for %s, then SIGTERM leader %s", r.C.Nodes[f].ID, park, r.C.Nodes[l].ID)
+	for i := range r.C.Nodes {
+		if i == f {
+			continue
+		}
+		if err := r.C.AddToxic(i, f, "timeout", map[string]any{"timeout": 0}); err != nil {
+			return err
+		}
+		if err := r.C.AddToxic(f, i, "timeout", map[string]any{"timeout": 0}); err != nil {
+			return err
+		}
+	}
+	r.sleep(ctx, park)
+	if err := r.term(l); err != nil {
+		return err
+	}
+	r.C.Heal()
+	if err := r.restart(l); err != nil {
+		return err
+	}
+	r.note("SIGTERM leader while a follower is blackholed (raft#612 shape)", time.Since(start))
+	return nil
 }

@@ -401,7 +401,9 @@ func (w *Workload) worker(ctx context.Context, wk int, stop <-chan struct{}) {
 				p = cold[rng.IntN(len(cold))]
 			}
 			w.read(ctx, wk, p, rng)
-		case len(held) > 0 && r < 0.55:
+		case len(held) > 0 && r < 0.3+0.1*float64(len(held)):
+			// The more holds a client has open, the likelier it finishes
+			// one (checkout completes or is abandoned).
 			k := rng.IntN(len(held))
 			h := held[k]
 			x := rng.Float64()

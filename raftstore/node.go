@@ -735,13 +735,19 @@ func (n *Node) Close() error {
 }
 
 func (n *Node) shutdownRaw() error {
-	var err error
+	var shutdown raft.Future
 	if n.raft != nil {
-		err = n.raft.Shutdown().Error()
+		shutdown = n.raft.Shutdown()
 	}
+	// Closing the transport (and its connections, see closingStream) ends
+	// RPCs to peers that stopped answering, which raft.Shutdown waits for.
+	var err error
 	if n.trans != nil {
-		if cerr := n.trans.Close(); err == nil {
-			err = cerr
+		err = n.trans.Close()
+	}
+	if shutdown != nil {
+		if serr := shutdown.Error(); serr != nil {
+			err = serr
 		}
 	}
 	return err

@@ -62,9 +62,6 @@ func PeerTLSConfig(caPEM []byte, cert tls.Certificate) (*tls.Config, error) {
 // newTransport makes the Raft transport: plain TCP, or mutual TLS when
 // cfg.PeerTLS is set.
 func newTransport(cfg *Config, advertise *net.TCPAddr, logger hclog.Logger) (*raft.NetworkTransport, error) {
-	if cfg.PeerTLS == nil {
-		return raft.NewTCPTransportWithLogger(cfg.RaftAddr, advertise, transportMaxPool, transportTimeout, logger)
-	}
 	if advertise.IP == nil || advertise.IP.IsUnspecified() {
 		return nil, errors.New("raft address must be an address other nodes can dial, not unspecified")
 	}
@@ -72,9 +69,13 @@ func newTransport(cfg *Config, advertise *net.TCPAddr, logger hclog.Logger) (*ra
 	if err != nil {
 		return nil, err
 	}
-	sl := &tlsStreamLayer{ln: ln, advertise: advertise, cfg: cfg.PeerTLS}
+	var sl raft.StreamLayer = &tcpStream{ln: ln, advertise: advertise}
+	if cfg.PeerTLS != nil {
+		sl = &tlsStreamLayer{ln: ln, advertise: advertise, cfg: cfg.PeerTLS}
+	}
+	// Closing the transport closes its connections too (streams.go).
 	return raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
-		Stream: sl, MaxPool: transportMaxPool, Timeout: transportTimeout, Logger: logger,
+		Stream: newClosingStream(sl), MaxPool: transportMaxPool, Timeout: transportTimeout, Logger: logger,
 	}), nil
 }
 

@@ -2,8 +2,10 @@ package main
 
 import (
 	"context"
+	"io"
 	"log/slog"
 	"os"
+	"runtime/pprof"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -60,13 +62,19 @@ func watchClockFile(ctx context.Context, path string, log *slog.Logger) func() t
 // stopped reading, hashicorp/raft#612): the process must still exit on
 // SIGTERM. Exiting with the store open loses nothing acknowledged: every
 // acknowledged write was fsynced, as after SIGKILL.
-func closeWithin(limit time.Duration, closeFn func() error) (finished bool, err error) {
+//
+// When the limit passes, every goroutine's stack is written to stacks, so
+// the log shows where the shutdown was stuck.
+func closeWithin(limit time.Duration, closeFn func() error, stacks io.Writer) (finished bool, err error) {
 	done := make(chan error, 1)
 	go func() { done <- closeFn() }()
 	select {
 	case err := <-done:
 		return true, err
 	case <-time.After(limit):
+		if stacks != nil {
+			_ = pprof.Lookup("goroutine").WriteTo(stacks, 1)
+		}
 		return false, nil
 	}
 }
