@@ -77,6 +77,10 @@ func run(args []string, e env) int {
 	ca := g.String("ca", e.getenv("HOLDFAST_CA"), "PEM file trusted for https (default $HOLDFAST_CA)")
 	asJSON := g.Bool("json", false, "print JSON instead of tables")
 	g.Usage = func() { fmt.Fprint(e.stderr, Usage) }
+	if len(args) > 0 && (args[0] == "help" || args[0] == "-h" || args[0] == "--help") {
+		fmt.Fprint(e.stdout, Usage)
+		return 0
+	}
 	// --json may come anywhere: scripts append it.
 	var rest []string
 	for _, a := range args {

@@ -3,9 +3,12 @@ package ctl
 import (
 	"bytes"
 	"encoding/json"
+	"encoding/pem"
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -254,5 +257,38 @@ func TestCtlBackupRestore(t *testing.T) {
 	p, perr := m.Alloc.Pool("p")
 	if perr != nil || p.Config.OnHand != 50 {
 		t.Fatalf("restored pool: %+v %v", p, perr)
+	}
+}
+
+// TestCtlHTTPS: an https:// address works, trusting HOLDFAST_CA, and the
+// token travels as a bearer token.
+func TestCtlHTTPS(t *testing.T) {
+	var gotAuth string
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		gotAuth = r.Header.Get("Authorization")
+		if r.URL.Path != "/v1/cluster" {
+			http.NotFound(w, r)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		io.WriteString(w, `{"id":"n1","state":"Leader","leader":"n1","term":2,"commit_index":9,"applied_index":9,"members":[{"id":"n1","raft_addr":"10.0.0.1:9080","api_addr":"10.0.0.1:8443","suffrage":"Voter","leader":true}]}`)
+	}))
+	defer srv.Close()
+	ca := filepath.Join(t.TempDir(), "ca.pem")
+	if err := os.WriteFile(ca, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	e := map[string]string{"HOLDFAST_ADDR": srv.URL, "HOLDFAST_TOKEN": "hf_x", "HOLDFAST_CA": ca}
+	out := mustCtl(t, e, "cluster", "status")
+	if !strings.Contains(out, "leader n1") || !regexpLine(out, "n1", "10.0.0.1:8443") || gotAuth != "Bearer hf_x" {
+		t.Fatalf("https status: auth %q\n%s", gotAuth, out)
+	}
+	// Without the CA the server's certificate is not trusted.
+	delete(e, "HOLDFAST_CA")
+	if _, errOut, code := ctlRun(t, e, "cluster", "status"); code != 1 || !strings.Contains(errOut, "certificate") {
+		t.Fatalf("untrusted certificate: %d %s", code, errOut)
+	}
+	if out, _, code := ctlRun(t, nil, "help"); code != 0 || !strings.Contains(out, "cluster transfer-leader") {
+		t.Fatalf("help: %d %s", code, out)
 	}
 }
