@@ -699,3 +699,106 @@ func TestHostileConnectionLimit(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// fdServerEnv makes the test binary a node API limited to a few open
+// files (see TestHostileFDServer).
+const fdServerEnv = "HOLDFAST_FD_SERVER"
+
+// TestHostileDescriptorExhaustion: a connection flood that exhausts the
+// node's file descriptors (accept fails with EMFILE) must not end its
+// API: once the flood's connections close, the node serves again. The
+// node is a child process (TestHostileFDServer) whose open-file limit is
+// lowered to a few descriptors above what it uses.
+func TestHostileDescriptorExhaustion(t *testing.T) {
+	child := exec.Command(os.Args[0], "-test.run=^TestHostileFDServer$", "-test.count=1")
+	child.Env = append(os.Environ(), fdServerEnv+"=1")
+	child.Stderr = os.Stderr
+	stdin, err := child.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := child.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := child.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		stdin.Close()
+		child.Wait()
+	}()
+	lines := bufio.NewScanner(stdout)
+	var addr string
+	for lines.Scan() {
+		if a, ok := strings.CutPrefix(lines.Text(), "fd-server "); ok {
+			addr = a
+			break
+		}
+	}
+	if addr == "" {
+		t.Fatal("the child server did not start")
+	}
+	go io.Copy(io.Discard, stdout)
+	health := []byte("GET /v1/health HTTP/1.1\r\nHost: h\r\n\r\n")
+	if r := rawExchange(t, addr, health); r.status != 200 {
+		t.Fatalf("before the flood: %d %s", r.status, r.body)
+	}
+
+	// 200 connections against a limit of 32 spare descriptors: the kernel
+	// completes the handshakes, the node's accepts fail.
+	var flood []net.Conn
+	for range 200 {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			break // the backlog is full too
+		}
+		flood = append(flood, c)
+	}
+	time.Sleep(500 * time.Millisecond)
+	for _, c := range flood {
+		c.Close()
+	}
+	start := time.Now()
+	for {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err == nil {
+			c.SetDeadline(time.Now().Add(2 * time.Second))
+			c.Write(health)
+			resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+			c.Close()
+			if err == nil && resp.StatusCode == 200 {
+				break
+			}
+		}
+		if time.Since(start) > 15*time.Second {
+			t.Fatalf("the node did not serve again within 15 s of the flood ending (%d connections)", len(flood))
+		}
+	}
+	t.Logf("%d flood connections against 32 spare descriptors; serving again %v after they closed", len(flood), time.Since(start).Round(time.Millisecond))
+}
+
+// TestHostileFDServer is the child process of
+// TestHostileDescriptorExhaustion; run directly it has nothing to do.
+func TestHostileFDServer(t *testing.T) {
+	if os.Getenv(fdServerEnv) == "" {
+		return // not started by TestHostileDescriptorExhaustion
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := api.New(api.Config{Node: &pointingNode{id: "fd", leaderID: "fd", leaderAddr: ln.Addr().String()},
+		Registry: prometheus.NewRegistry(), Logger: quietLogger()})
+	go srv.Serve(ln)
+	fds, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rl := syscall.Rlimit{Cur: uint64(len(fds) + 32), Max: uint64(len(fds) + 32)}
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
+		t.Fatal(err)
+	}
+	fmt.Println("fd-server", ln.Addr().String())
+	io.Copy(io.Discard, os.Stdin)
+}
