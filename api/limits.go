@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/rand"
 	"crypto/subtle"
+	"crypto/tls"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -216,12 +217,19 @@ func (l *connLimitListener) Accept() (net.Conn, error) {
 		if err != nil {
 			return nil, err
 		}
+		tc, isTLS := c.(tlsConn)
 		if l.open.Add(1) <= l.max {
-			return &countedConn{Conn: c, open: &l.open}, nil
+			cc := &countedConn{Conn: c, open: &l.open}
+			if isTLS { // fasthttp must still see TLS (ctx.IsTLS, the handshake)
+				return countedTLSConn{cc, tc}, nil
+			}
+			return cc, nil
 		}
 		l.open.Add(-1)
-		c.SetWriteDeadline(time.Now().Add(100 * time.Millisecond)) // never hold up accepting
-		c.Write(l.reject)
+		if !isTLS { // a TLS answer would need a handshake first: just close
+			c.SetDeadline(time.Now().Add(100 * time.Millisecond)) // never hold up accepting
+			c.Write(l.reject)
+		}
 		c.Close()
 		n := l.refused.Add(1)
 		if now := time.Now().UnixNano(); now >= l.nextLogNs.Load() {
@@ -231,6 +239,24 @@ func (l *connLimitListener) Accept() (net.Conn, error) {
 		}
 	}
 }
+
+// tlsConn is what fasthttp looks for to treat a connection as TLS.
+type tlsConn interface {
+	Handshake() error
+	ConnectionState() tls.ConnectionState
+}
+
+// countedTLSConn is a countedConn over TLS.
+type countedTLSConn struct {
+	*countedConn
+	tc tlsConn
+}
+
+// Handshake runs the TLS handshake.
+func (c countedTLSConn) Handshake() error { return c.tc.Handshake() }
+
+// ConnectionState returns the TLS state.
+func (c countedTLSConn) ConnectionState() tls.ConnectionState { return c.tc.ConnectionState() }
 
 // countedConn gives its place back when closed.
 type countedConn struct {

@@ -1,6 +1,7 @@
 package api
 
 import (
+	"crypto/tls"
 	"errors"
 	"io"
 	"log/slog"
@@ -76,5 +77,65 @@ func TestAcceptRetriesTemporaryErrors(t *testing.T) {
 	ln.Close()
 	if _, err := rl.Accept(); err == nil || !errors.Is(err, net.ErrClosed) {
 		t.Fatalf("a closed listener: got %v", err)
+	}
+}
+
+// tlsListener hands out server-side TLS connections over ln's.
+type tlsListener struct{ net.Listener }
+
+func (l tlsListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return tls.Server(c, &tls.Config{}), nil
+}
+
+// TestConnLimitKeepsTLS: the connection-counting wrapper must not hide
+// TLS from fasthttp (it looks for Handshake and ConnectionState): a
+// hidden one made forwarded requests use http:// against an HTTPS
+// leader.
+func TestConnLimitKeepsTLS(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	l := &connLimitListener{Listener: tlsListener{ln}, max: 1, log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	go func() {
+		for range 2 {
+			c, err := net.Dial("tcp", ln.Addr().String())
+			if err != nil {
+				return
+			}
+			defer c.Close()
+		}
+		time.Sleep(time.Second)
+	}()
+	c, err := l.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, ok := c.(tlsConn); !ok {
+		t.Fatalf("accepted %T: TLS hidden", c)
+	}
+	// The second connection is over the limit: refused without writing
+	// (a TLS answer would need a handshake the client may never do), so
+	// Accept goes on at once.
+	done := make(chan error, 1)
+	go func() {
+		_, err := l.Accept()
+		done <- err
+	}()
+	time.Sleep(200 * time.Millisecond)
+	ln.Close()
+	select {
+	case err := <-done:
+		if !errors.Is(err, net.ErrClosed) {
+			t.Fatalf("Accept after a refused TLS connection: %v", err)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("Accept stuck on a refused TLS connection")
 	}
 }
