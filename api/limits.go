@@ -37,7 +37,8 @@ type Limits struct {
 	IdleTimeout time.Duration
 	// MaxConns is the most connections served at once; past it a new
 	// connection is answered 503 unavailable (in the contract's format,
-	// with Retry-After) and closed. An idle connection costs a goroutine
+	// with Retry-After; over TLS, without an answer) and closed. An idle
+	// connection costs a goroutine
 	// and, between requests, no buffers (fasthttp's ReduceMemoryUsage):
 	// about 5 KiB. Default 65536. The process's open-file limit may bind
 	// first: accepting then pauses and retries (retryListener).
