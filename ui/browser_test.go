@@ -3,6 +3,8 @@ package ui_test
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"image"
@@ -52,9 +54,15 @@ func freeAddr(t *testing.T) string {
 	return ln.Addr().String()
 }
 
-// startNode runs a one-node cluster in process, with auth on, and returns
-// its base URL.
-func startNode(t *testing.T) string {
+// cluster is three in-process nodes with auth on.
+type cluster struct {
+	urls   map[string]string // node id -> base URL
+	leader string            // its id
+}
+
+// startCluster runs a three-node cluster in process, with auth on, and
+// waits until every node knows the leader.
+func startCluster(t *testing.T) *cluster {
 	t.Helper()
 	table, err := auth.Parse(strings.NewReader(
 		auth.FormatEntry(auth.Read, "dashboard", []byte(readToken)) + "\n" +
@@ -63,43 +71,70 @@ func startNode(t *testing.T) string {
 		t.Fatal(err)
 	}
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-	httpAddr := freeAddr(t)
-	m := engine.New(engine.Config{})
-	n, err := raftstore.Open(raftstore.Config{
-		ID: "n1", DataDir: t.TempDir(), RaftAddr: freeAddr(t), APIAddr: httpAddr,
-		HeartbeatTimeout: 200 * time.Millisecond, ElectionTimeout: 200 * time.Millisecond,
-		LeaderLeaseTimeout: 100 * time.Millisecond, Logger: quiet, RaftLog: io.Discard,
-	}, m)
-	if err != nil {
-		t.Fatal(err)
+	ids := []string{"n1", "n2", "n3"}
+	raftAddrs, httpAddrs := map[string]string{}, map[string]string{}
+	var peers []raftstore.Peer
+	for _, id := range ids {
+		raftAddrs[id], httpAddrs[id] = freeAddr(t), freeAddr(t)
+		peers = append(peers, raftstore.Peer{ID: id, Addr: raftAddrs[id]})
 	}
-	ln, err := net.Listen("tcp", httpAddr)
-	if err != nil {
-		n.Close()
-		t.Fatal(err)
-	}
-	srv := api.New(api.Config{Node: n, Alloc: m.Alloc, Carts: m, Logger: quiet, Auth: table})
-	go srv.Serve(ln)
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		srv.Shutdown(ctx)
-		n.Close()
-	})
-	base := "http://" + httpAddr
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if st, _ := call(t, "GET", base+"/v1/health", "", ""); st == http.StatusOK {
-			return base
+	c := &cluster{urls: map[string]string{}}
+	for _, id := range ids {
+		m := engine.New(engine.Config{})
+		n, err := raftstore.Open(raftstore.Config{
+			ID: id, DataDir: t.TempDir(), RaftAddr: raftAddrs[id], APIAddr: httpAddrs[id], Peers: peers,
+			Logger: quiet, RaftLog: io.Discard, // default timeouts: chromium shares the 2 cores
+		}, m)
+		if err != nil {
+			t.Fatal(err)
 		}
-		if time.Now().After(deadline) {
-			t.Fatal("node not healthy after 10s")
+		ln, err := net.Listen("tcp", httpAddrs[id])
+		if err != nil {
+			n.Close()
+			t.Fatal(err)
 		}
-		time.Sleep(20 * time.Millisecond)
+		srv := api.New(api.Config{Node: n, Alloc: m.Alloc, Carts: m, Logger: quiet, Auth: table})
+		go srv.Serve(ln)
+		t.Cleanup(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			srv.Shutdown(ctx)
+			n.Close()
+		})
+		c.urls[id] = "http://" + httpAddrs[id]
 	}
+	deadline := time.Now().Add(15 * time.Second)
+	for _, id := range ids {
+		for {
+			st, h := call(t, "GET", c.urls[id]+"/v1/health", "", "")
+			if l, _ := h["leader"].(string); st == http.StatusOK && l != "" {
+				if c.leader != "" && c.leader != l {
+					t.Fatalf("nodes disagree on the leader: %s, %s", c.leader, l)
+				}
+				c.leader = l
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s not healthy after 15s", id)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	return c
 }
 
-// call makes one API request and decodes the JSON answer.
+// follower is the id of a node that does not lead.
+func (c *cluster) follower() string {
+	for _, id := range []string{"n1", "n2", "n3"} {
+		if id != c.leader {
+			return id
+		}
+	}
+	return ""
+}
+
+// call makes one API request and decodes the JSON answer. A POST carries
+// an Idempotency-Key, so that mustCall may retry it.
 func call(t *testing.T, method, url, token, body string) (int, map[string]any) {
 	t.Helper()
 	req, err := http.NewRequest(method, url, strings.NewReader(body))
@@ -108,6 +143,10 @@ func call(t *testing.T, method, url, token, body string) (int, map[string]any) {
 	}
 	if token != "" {
 		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	if method == "POST" {
+		sum := sha256.Sum256([]byte(url + "\n" + body))
+		req.Header.Set("Idempotency-Key", hex.EncodeToString(sum[:16]))
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
@@ -119,13 +158,20 @@ func call(t *testing.T, method, url, token, body string) (int, map[string]any) {
 	return resp.StatusCode, out
 }
 
+// mustCall is call expecting status want. A 503 (an election on this busy
+// machine) is retried a few times: PUTs are idempotent, POSTs carry keys.
 func mustCall(t *testing.T, method, url, token, body string, want int) map[string]any {
 	t.Helper()
-	st, out := call(t, method, url, token, body)
-	if st != want {
-		t.Fatalf("%s %s: status %d, want %d: %v", method, url, st, want, out)
+	for attempt := 0; ; attempt++ {
+		st, out := call(t, method, url, token, body)
+		if st == want {
+			return out
+		}
+		if st != http.StatusServiceUnavailable || attempt == 5 {
+			t.Fatalf("%s %s: status %d, want %d: %v", method, url, st, want, out)
+		}
+		time.Sleep(200 * time.Millisecond)
 	}
-	return out
 }
 
 func chromiumPath(t *testing.T) string {
@@ -157,21 +203,18 @@ func num(t *testing.T, s string) int64 {
 // expiries over time (checked on a screenshot of the chart).
 func TestDashboardDropInChromium(t *testing.T) {
 	chrome := chromiumPath(t)
-	base := startNode(t)
+	c := startCluster(t)
+	base := c.urls[c.leader] // the test's own calls
+	// The page is loaded from a follower: every node serves it, and the
+	// follower forwards the drop view's linearizable reads, token and all.
+	viewer := c.follower()
+	page := c.urls[viewer]
 
-	// A hot pool (a low threshold and some traffic), a cold one, and the
-	// drop: 4 pairs for 20 entrants, winners' holds and waitlist offers
-	// lasting 1.5 s, so unpaid ones cascade down the waitlist.
+	// A hot pool (a low threshold and some traffic) and a cold one; the
+	// drop comes once the page is open.
 	mustCall(t, "PUT", base+"/v1/pools/retail-tee", adminToken, `{"on_hand": 500}`, http.StatusCreated)
 	mustCall(t, "PUT", base+"/v1/pools/hot-cap", adminToken,
 		`{"on_hand": 1000, "demand_thresholds": {"warm_rps": 1, "hot_rps": 1}}`, http.StatusCreated)
-	now := time.Now().UTC()
-	closesAt := now.Add(4 * time.Second)
-	mustCall(t, "PUT", base+"/v1/pools/drop-1", adminToken, fmt.Sprintf(`{"on_hand": 4, "per_buyer_limit": 1,
-		"hold_ttl_ms": 1500, "max_hold_ttl_ms": 1500, "mode": "draw",
-		"draw": {"opens_at": %q, "closes_at": %q, "seed": "dash-test"},
-		"waitlist": {"enabled": true, "offer_ttl_ms": 1500, "wait_ttl_ms": 600000}}`,
-		now.Add(-time.Second).Format(time.RFC3339Nano), closesAt.Format(time.RFC3339Nano)), http.StatusCreated)
 	for i := range 12 {
 		mustCall(t, "POST", base+"/v1/reservations", adminToken,
 			fmt.Sprintf(`{"buyer": "c-%d", "lines": [{"pool": "hot-cap", "qty": 1}], "ttl_ms": 60000}`, i), http.StatusCreated)
@@ -240,7 +283,9 @@ func TestDashboardDropInChromium(t *testing.T) {
 				return
 			}
 			if time.Now().After(deadline) {
-				t.Fatalf("timed out after %v waiting for %s (%s); page errors: %v", timeout, what, expr, pageErrors())
+				state, _ := chromedp.Run(bctx, chromedp.Evaluate[string](`document.querySelector('header').innerText + ' | ' +
+					document.getElementById('members').innerText + ' | ' + document.getElementById('drop').innerText`))
+				t.Fatalf("timed out after %v waiting for %s (%s); page errors: %v; page: %s", timeout, what, expr, pageErrors(), state)
 			}
 			time.Sleep(50 * time.Millisecond)
 		}
@@ -250,7 +295,7 @@ func TestDashboardDropInChromium(t *testing.T) {
 	}
 
 	// Without a token the API refuses the page's calls: it asks for one.
-	run("open /ui", chromedp.Navigate(base+"/ui?poll_ms=250"))
+	run("open /ui", chromedp.Navigate(page+"/ui?poll_ms=250"))
 	waitFor("the token form", `!document.getElementById('auth').hidden`, 10*time.Second)
 	if msg := textOf("auth-message"); !strings.Contains(msg, "401") {
 		t.Fatalf("auth message %q does not report the 401", msg)
@@ -258,8 +303,29 @@ func TestDashboardDropInChromium(t *testing.T) {
 	run("enter the read token",
 		chromedp.SendKeys(chromedp.CSS("#token-input"), readToken),
 		chromedp.Click(chromedp.CSS(`#token-form button[type="submit"]`)))
+	now := time.Now().UTC()
+	closesAt := now.Add(3 * time.Second)
+	mustCall(t, "PUT", base+"/v1/pools/drop-1", adminToken, fmt.Sprintf(`{"on_hand": 4, "per_buyer_limit": 1,
+		"hold_ttl_ms": 1500, "max_hold_ttl_ms": 1500, "mode": "draw",
+		"draw": {"opens_at": %q, "closes_at": %q, "seed": "dash-test"},
+		"waitlist": {"enabled": true, "offer_ttl_ms": 1500, "wait_ttl_ms": 600000}}`,
+		now.Add(-time.Second).Format(time.RFC3339Nano), closesAt.Format(time.RFC3339Nano)), http.StatusCreated)
 	waitFor("the pool rows", `document.querySelectorAll('#pool-rows tr').length === 3`, 10*time.Second)
-	waitFor("the cluster view", `document.getElementById('health').textContent === 'healthy' && document.getElementById('leader').textContent === 'n1'`, 5*time.Second)
+	waitFor("the cluster view", `document.getElementById('health').textContent === 'healthy' &&
+		document.getElementById('node-id').textContent === '`+viewer+`' &&
+		document.querySelectorAll('#members tr').length === 3`, 5*time.Second)
+	// The leader shown is the leader (an election may have moved it).
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		cl := mustCall(t, "GET", page+"/v1/cluster", readToken, "", http.StatusOK)
+		shown := textOf("leader")
+		if shown == cl["leader"] && eval(`document.querySelector('#members tr.selected td').textContent`) == shown {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("page shows leader %q, /v1/cluster says %v", shown, cl["leader"])
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 	if got := eval(`sessionStorage.getItem('holdfast.token')`); got != readToken {
 		t.Fatalf("token kept in sessionStorage = %q", got)
 	}
@@ -324,7 +390,7 @@ func TestDashboardDropInChromium(t *testing.T) {
 	}
 	var mismatch string
 	for deadline := time.Now().Add(5 * time.Second); ; {
-		p := mustCall(t, "GET", base+"/v1/pools/drop-1", readToken, "", http.StatusOK)
+		p := mustCall(t, "GET", page+"/v1/pools/drop-1", readToken, "", http.StatusOK)
 		mismatch = ""
 		for _, f := range fields {
 			want := jsonPath(p, f.path)
