@@ -17,7 +17,7 @@ func randFloat(rng *rand.Rand) float64 {
 	case 1:
 		return float64(rng.Int64N(1_000_000)) / 10 // a rate: tenths
 	case 2:
-		return math.Float64frombits(rng.Uint64() &^ (0x7ff << 52) | uint64(rng.IntN(0x7fe)+1)<<52) // any finite
+		return math.Float64frombits(rng.Uint64()&^(0x7ff<<52) | uint64(rng.IntN(0x7fe)+1)<<52) // any finite
 	case 3:
 		return rng.Float64() * 1e-7
 	case 4:
