@@ -189,7 +189,7 @@ func randomFaults(e *env, d time.Duration) {
 	end := time.Now().Add(d)
 	hold := func() time.Duration { return time.Duration(2000+r.rng.IntN(6000)) * time.Millisecond }
 	for time.Now().Before(end) && ctx.Err() == nil {
-		switch r.rng.IntN(14) {
+		switch r.rng.IntN(15) {
 		case 0:
 			e.must(r.KillLeader(ctx, hold()/2))
 		case 1:
@@ -215,12 +215,23 @@ func randomFaults(e *env, d time.Duration) {
 			e.must(r.TermUnderLatency(ctx))
 		case 11:
 			if r.rng.IntN(3) == 0 {
+				r.logf("rolling restart")
 				e.must(r.RollingRestart(ctx))
 			}
 		case 12:
 			e.must(r.TermUnderBlackhole(ctx, hold()))
 		case 13:
-			r.sleep(ctx, hold()) // calm
+			l, err := r.leader()
+			e.must(err)
+			if r.rng.IntN(2) == 0 {
+				e.must(r.DiskFull(ctx, "leader", l))
+			} else {
+				e.must(r.DiskFull(ctx, "follower", (l+1)%len(r.C.Nodes)))
+			}
+		case 14:
+			d := hold()
+			r.logf("calm for %s", d)
+			r.sleep(ctx, d)
 		}
 		r.sleep(ctx, time.Duration(500+r.rng.IntN(1500))*time.Millisecond)
 	}

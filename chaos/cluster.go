@@ -64,8 +64,9 @@ type Cluster struct {
 	tp     *toxiproxy.ApiServer
 	logf   func(format string, args ...any)
 
-	mu  sync.Mutex
-	cut map[[2]int]bool
+	mu     sync.Mutex
+	cut    map[[2]int]bool
+	toxics map[string][]string // proxy name -> its toxics (JSON)
 }
 
 // freeAddr returns a loopback address with a port that was free a moment
@@ -83,11 +84,12 @@ func freeAddr() (string, error) {
 // with every Raft link and client link behind a toxiproxy proxy.
 func NewCluster(bin, dir string, n int, logf func(string, ...any)) (*Cluster, error) {
 	c := &Cluster{
-		Bin:  bin,
-		Dir:  dir,
-		tp:   toxiproxy.NewServer(toxiproxy.NewMetricsContainer(nil), zerolog.Nop()),
-		logf: logf,
-		cut:  map[[2]int]bool{},
+		Bin:    bin,
+		Dir:    dir,
+		tp:     toxiproxy.NewServer(toxiproxy.NewMetricsContainer(nil), zerolog.Nop()),
+		logf:   logf,
+		cut:    map[[2]int]bool{},
+		toxics: map[string][]string{},
 	}
 	for i := range n {
 		httpAddr, err := freeAddr()
@@ -358,46 +360,84 @@ func (c *Cluster) Partition(groups ...[]int) {
 
 // Heal restores every Raft and client link and removes every toxic.
 func (c *Cluster) Heal() {
+	start := time.Now()
+	defer func() {
+		if d := time.Since(start); d > time.Second {
+			c.logf("healing took %s", d.Round(time.Millisecond))
+		}
+	}()
 	for i := range c.Nodes {
 		for j := range c.Nodes {
 			if i != j {
-				c.clearToxics(c.raft[i][j])
+				c.clearToxics(&c.raft[i][j])
 				c.SetLink(i, j, true)
 			}
 		}
-		c.clearToxics(c.client[i])
+		c.clearToxics(&c.client[i])
 		c.SetClientLink(i, true)
 	}
 }
 
-// clearToxics removes p's toxics. A proxy that had any is bounced (its
-// connections closed): a timeout toxic drops bytes mid-stream, and a TCP
-// stream with a hole in it is not a network fault any real network makes.
-func (c *Cluster) clearToxics(p *toxiproxy.Proxy) {
-	if len(p.Toxics.GetToxicArray()) == 0 {
-		return
+// clearToxics removes the toxics of the proxy *pp. Toxics are never
+// changed on a live proxy: the proxy is replaced by a new one on the same
+// address (see replace). That matters twice: a timeout toxic drops bytes
+// from the middle of a TCP stream, which no real network does (a stream
+// with a hole in it tests the decoder, not the cluster), and toxiproxy
+// changes a live link's toxic chain by interrupting each toxic in it,
+// which waits (5 s, or forever) on a link whose writer is blocked.
+func (c *Cluster) clearToxics(pp **toxiproxy.Proxy) {
+	c.mu.Lock()
+	has := len(c.toxics[(*pp).Name]) > 0
+	c.mu.Unlock()
+	if has {
+		c.replace(pp, "")
 	}
-	p.Toxics.ResetToxics(context.Background())
+}
+
+// replace stops the proxy *pp (closing its connections) and puts in its
+// place a new one on the same address, with the toxics the old one had
+// (none when add is empty: a heal) plus add, started if the old one was
+// running.
+func (c *Cluster) replace(pp **toxiproxy.Proxy, add string) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if p.Enabled {
-		p.Stop()
-		if err := p.Start(); err != nil {
-			c.logf("restart proxy %s: %v", p.Name, err)
+	old := *pp
+	was := old.Enabled
+	old.Stop()
+	np := toxiproxy.NewProxy(c.tp, old.Name, old.Listen, old.Upstream)
+	var keep []string
+	if add != "" {
+		keep = append(c.toxics[old.Name], add)
+	}
+	for _, t := range keep {
+		if _, err := np.Toxics.AddToxicJson(strings.NewReader(t)); err != nil {
+			return fmt.Errorf("toxic on %s: %w", old.Name, err)
 		}
 	}
+	c.toxics[old.Name] = keep
+	*pp = np
+	if was {
+		if err := np.Start(); err != nil {
+			return fmt.Errorf("restart proxy %s: %w", np.Name, err)
+		}
+	}
+	return nil
 }
 
 // AddToxic adds a toxic (toxiproxy's JSON form, e.g. latency, timeout,
-// reset_peer) to both directions of the Raft link from i to j.
+// reset_peer) to both directions of the Raft link from i to j. The link's
+// open connections close (see clearToxics); new ones get the toxic.
 func (c *Cluster) AddToxic(i, j int, kind string, attrs map[string]any) error {
-	return addToxic(c.raft[i][j], kind, attrs)
-}
-
-// AddClientToxic adds a toxic to both directions of the client link to
-// node i.
-func (c *Cluster) AddClientToxic(i int, kind string, attrs map[string]any) error {
-	return addToxic(c.client[i], kind, attrs)
+	for _, stream := range []string{"upstream", "downstream"} {
+		b, err := json.Marshal(map[string]any{"name": kind + "_" + stream, "type": kind, "stream": stream, "attributes": attrs})
+		if err != nil {
+			return err
+		}
+		if err := c.replace(&c.raft[i][j], string(b)); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // SetClientLink cuts or restores the client link to node i.
@@ -419,19 +459,6 @@ func (c *Cluster) SetClientLink(i int, up bool) {
 		p.Stop()
 		c.cut[key] = true
 	}
-}
-
-func addToxic(p *toxiproxy.Proxy, kind string, attrs map[string]any) error {
-	for _, stream := range []string{"upstream", "downstream"} {
-		b, err := json.Marshal(map[string]any{"name": kind + "_" + stream, "type": kind, "stream": stream, "attributes": attrs})
-		if err != nil {
-			return err
-		}
-		if _, err := p.Toxics.AddToxicJson(strings.NewReader(string(b))); err != nil {
-			return fmt.Errorf("toxic %s on %s: %w", kind, p.Name, err)
-		}
-	}
-	return nil
 }
 
 // ---- clocks and disks ----

@@ -816,3 +816,53 @@ func (r *Run) TermUnderBlackhole(ctx context.Context, park time.Duration) error 
 	r.note("SIGTERM leader while a follower is blackholed (raft#612 shape)", time.Since(start))
 	return nil
 }
+
+// DiskFull fills node i's disk (role names it in the checks): its health
+// must fail (or the process stop), a write sent to it must not be
+// acknowledged, and the others must go on accepting writes. Then space
+// comes back and the node, whose store latched the failure, restarts.
+func (r *Run) DiskFull(ctx context.Context, role string, i int) error {
+	c := r.C
+	start := time.Now()
+	r.logf("disk full on %s %s", role, c.Nodes[i].ID)
+	if err := c.SetDiskFull(i, true); err != nil {
+		return err
+	}
+	health := 200
+	for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		if health = c.Health(i); health != 200 {
+			break
+		}
+	}
+	exited, _ := c.Exited(i)
+	r.Checks.Add(fmt.Sprintf("a full disk fails health (%s)", role), health != 200,
+		"health %d after the disk filled (0: process gone; exited=%v)", health, exited)
+	var got []string
+	acked := 0
+	for n := range 5 {
+		key := fmt.Sprintf("diskfull-%d-%s-%d", start.UnixNano(), role, n)
+		body := fmt.Sprintf(`{"buyer":"df-%s-%d","lines":[{"pool":%q,"qty":1}]}`, role, n, probePool)
+		st, b, err := c.directWrite(ctx, i, "POST", "/v1/reservations", body, key)
+		if st == 201 || st == 200 {
+			acked++
+		}
+		got = append(got, fmt.Sprintf("%d %v %.60s", st, err, b))
+	}
+	r.Checks.Add(fmt.Sprintf("a node with a full disk acknowledges no write (%s)", role), acked == 0, "%v", got)
+	if avail, err := r.probeMajority(ctx, start, i); err != nil {
+		r.Checks.Add(fmt.Sprintf("the others accept writes while %s's disk is full", role), false, "%v", err)
+	} else {
+		r.Checks.Add(fmt.Sprintf("the others accept writes while %s's disk is full", role), true, "first write after %s", avail.Round(time.Millisecond))
+	}
+	r.sleep(ctx, 2*time.Second)
+	if err := c.SetDiskFull(i, false); err != nil {
+		return err
+	}
+	c.Kill(i)
+	c.Reap(i)
+	if err := r.restart(i); err != nil {
+		return err
+	}
+	r.note("disk full ("+role+"), then restart", time.Since(start))
+	return nil
+}
