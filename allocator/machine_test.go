@@ -212,6 +212,13 @@ func (w *world) checkGrant(c *Command, v *ReservationView) {
 
 func (w *world) checkInvariants() {
 	m := w.m
+	var queued int64
+	for _, p := range m.pools {
+		queued += int64(p.waitq.len())
+	}
+	if queued != m.waiting {
+		w.t.Fatalf("%d reservations in waitlists, the running count says %d", queued, m.waiting)
+	}
 	held := map[string]int64{}
 	sold := maps.Clone(w.forgottenSold)
 	usage := maps.Clone(w.forgottenUsage)

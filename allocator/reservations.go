@@ -161,6 +161,7 @@ func (m *Machine) reserve(c *Command) Result {
 		r.expiresAtMs = m.clockMs + pools[0].Config.Waitlist.WaitTTLMs
 		r.where = waitInQueue
 		pools[0].waitq.push(r)
+		m.waiting++
 		m.stats.Queued++
 	} else {
 		m.stats.Reserved++
@@ -356,6 +357,7 @@ func (m *Machine) closeDraw(p *Pool) {
 	for _, r := range live {
 		r.where = waitInQueue
 		p.waitq.push(r)
+		m.waiting++
 	}
 	before := p.stats.Offers
 	m.serveQueue(p, p.Config.HoldTTLMs, false)
@@ -424,6 +426,7 @@ func (m *Machine) serveQueue(p *Pool, ttl int64, touch bool) {
 		}
 		m.grant(p, r.lines[0].qty, r) // while r is still the head
 		p.waitq.remove(r)
+		m.waiting--
 		r.where = waitNone
 		r.state = StateActive
 		r.lines[0].state = LineHeld
@@ -595,6 +598,7 @@ func (m *Machine) leaveWait(r *reservation, s ReservationState) {
 	switch r.where {
 	case waitInQueue:
 		p.waitq.remove(r)
+		m.waiting--
 	case waitInDraw:
 		p.draw.entrants[r.ticket] = nil
 		delete(p.draw.byBuyer, r.buyer)

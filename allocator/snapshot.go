@@ -257,7 +257,7 @@ func (m *Machine) Restore(r io.Reader) error {
 	m.res, m.active = fresh.res, fresh.active
 	m.idem, m.idemBySeq, m.idemSeq, m.idemOldest = fresh.idem, fresh.idemBySeq, fresh.idemSeq, fresh.idemOldest
 	m.tables, m.tableByID, m.nextTable = fresh.tables, fresh.tableByID, fresh.nextTable
-	m.stats = fresh.stats
+	m.stats, m.waiting = fresh.stats, fresh.waiting
 	return nil
 }
 
@@ -427,6 +427,7 @@ func (m *Machine) decodeSnapshot(data []byte) error {
 			if r := place(waitInQueue); r != nil {
 				r.where = waitInQueue
 				p.waitq.push(r)
+				m.waiting++
 			}
 		}
 	}
