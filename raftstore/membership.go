@@ -9,6 +9,9 @@ import (
 	"github.com/hashicorp/raft"
 )
 
+// Membership changes are logged by the event watcher (events.go) on every
+// node, as "membership changed" and "leader elected": nothing here logs.
+
 // Membership errors. ErrNotLeader, ErrClosed and ErrTimeout (see node.go)
 // may also come back: those are safe to retry.
 var (
@@ -86,7 +89,6 @@ func (n *Node) AddMember(ctx context.Context, id, raftAddr, apiAddr string, vote
 		if err := waitFuture(ctx, f); err != nil {
 			return err
 		}
-		n.log.Info("member added", "member", id, "raft_addr", raftAddr, "voter", voter)
 	}
 	if apiAddr != "" && n.fsm.member(id) != apiAddr {
 		if err := waitFuture(ctx, n.raft.Apply(encodeMember(id, apiAddr), n.cfg.ApplyTimeout)); err != nil {
@@ -124,7 +126,6 @@ func (n *Node) RemoveMember(ctx context.Context, id string) error {
 	if err := waitFuture(ctx, n.raft.RemoveServer(raft.ServerID(id), 0, configChangeTimeout)); err != nil {
 		return err
 	}
-	n.log.Info("member removed", "member", id)
 	return nil
 }
 
@@ -176,7 +177,6 @@ func (n *Node) TransferLeadership(ctx context.Context, id string) (string, error
 	for {
 		_, lid := n.raft.LeaderWithID()
 		if lid != "" && string(lid) != n.cfg.ID {
-			n.log.Info("leadership transferred", "to", string(lid))
 			return string(lid), nil
 		}
 		select {
