@@ -113,6 +113,7 @@ func serve(args []string, stderr io.Writer) int {
 	join := fs.String("join", "", "URL of a running node's API: join its cluster (empty data directory; uses $HOLDFAST_TOKEN)")
 	restore := fs.String("restore", "", "backup file (holdfast ctl backup): start a new cluster from it (empty data directory)")
 	clockOffset := fs.Duration("debug-clock-offset", 0, "shift this node's clock (fault tests only)")
+	fastRefusals := fs.Bool("fast-refusals", true, "the leader answers requests its state certainly refuses without a log entry (false: all go through the log; for comparisons)")
 	clockFile := fs.String("debug-clock-file", "", "file holding a clock offset re-read while running, e.g. -5m (fault tests only)")
 	diskFullFile := fs.String("debug-disk-full-file", "", "while this file exists, storage writes fail with ENOSPC (fault tests only)")
 	secFlags := addSecurityFlags(fs)
@@ -188,7 +189,8 @@ func serve(args []string, stderr io.Writer) int {
 		return 1
 	}
 	ln = sec.listener(ln)
-	srv := api.New(api.Config{Node: node, Alloc: machine.Alloc, Carts: machine, Registry: reg, Logger: log, Auth: sec.authenticator(), ForwardTLS: sec.forwardTLS})
+	srv := api.New(api.Config{Node: node, Alloc: machine.Alloc, Carts: machine, Registry: reg, Logger: log, Auth: sec.authenticator(), ForwardTLS: sec.forwardTLS,
+		DisableFastRefusals: !*fastRefusals})
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
 	if *join != "" {
