@@ -151,7 +151,16 @@ func (w *eventWatch) checkMembers(n *Node) {
 	slices.Sort(removed)
 	slices.Sort(changed)
 	w.members = cur
-	n.log.Info("membership changed", "added", added, "removed", removed, "changed", changed, "members", describeServers(servers))
+	var attrs []any
+	for _, f := range []struct {
+		key  string
+		list []string
+	}{{"added", added}, {"removed", removed}, {"changed", changed}} {
+		if len(f.list) > 0 {
+			attrs = append(attrs, f.key, strings.Join(f.list, ","))
+		}
+	}
+	n.log.Info("membership changed", append(attrs, "members", describeServers(servers))...)
 }
 
 // describeServer renders a member as id=addr, with its suffrage unless it

@@ -2,6 +2,7 @@ package raftstore_test
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -173,6 +174,41 @@ func TestLogsOneLinePerEvent(t *testing.T) {
 		}
 		marks[n.id] = len(recs)
 	}
+
+	// Membership changes: one line each on every node that did not make
+	// them (the leader also logs the operation itself: see AddMember).
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	n4 := freeAddr(t)
+	change := func(what string, do func() error, want string) {
+		t.Helper()
+		if err := do(); err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		for _, n := range nodes {
+			if n == leader {
+				continue
+			}
+			waitLog(t, n.log, marks[n.id], "INFO", "membership changed", 5*time.Second)
+			time.Sleep(300 * time.Millisecond)
+			recs := n.log.records(t)
+			var got []string
+			for _, r := range recs[marks[n.id]:] {
+				if r["level"] == "INFO" {
+					got = append(got, fmt.Sprintf("%v added=%v removed=%v", r["msg"], r["added"], r["removed"]))
+				}
+			}
+			if len(got) != 1 || got[0] != want {
+				t.Fatalf("%s, %s: info lines %q, want [%q]", what, n.id, got, want)
+			}
+			marks[n.id] = len(recs)
+		}
+	}
+	change("add n4", func() error { return leader.node.AddMember(ctx, "n4", n4, "", false) },
+		"membership changed added=n4="+n4+"(nonvoter) removed=<nil>")
+	change("remove n4", func() error { return leader.node.RemoveMember(ctx, "n4") },
+		"membership changed added=<nil> removed=n4="+n4+"(nonvoter)")
+	marks[leader.id] = len(leader.log.records(t))
 
 	// A leadership change (the leader stops): each survivor logs the new
 	// leader once, at info.
