@@ -1,6 +1,7 @@
 package api
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"net"
@@ -294,6 +295,20 @@ func (s *Server) backup(ctx *fasthttp.RequestCtx, _ []string) *apiError {
 	ctx.SetStatusCode(fasthttp.StatusOK)
 	ctx.SetBodyStream(b, int(b.Size)) // fasthttp closes b (removing its spool) when sent
 	return nil
+}
+
+// headerReceived gives a backup download the time it needs: fasthttp's
+// WriteTimeout bounds writing a whole response, body stream included, and
+// a backup of a large state takes longer than any ordinary answer.
+func (s *Server) headerReceived(h *fasthttp.RequestHeader) fasthttp.RequestConfig {
+	uri := h.RequestURI()
+	if i := bytes.IndexByte(uri, '?'); i >= 0 {
+		uri = uri[:i]
+	}
+	if string(h.Method()) == "GET" && string(bytes.TrimRight(uri, "/")) == "/v1/backup" {
+		return fasthttp.RequestConfig{WriteTimeout: backupTimeout}
+	}
+	return fasthttp.RequestConfig{}
 }
 
 // forwardStream relays a request to the leader and streams its answer

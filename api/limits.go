@@ -114,6 +114,7 @@ func (s *Server) newHTTPServer(l Limits) *fasthttp.Server {
 		NoDefaultContentType:         true,
 		DisablePreParseMultipartForm: true,
 		Logger:                       fasthttpLogger{s.log},
+		HeaderReceived:               s.headerReceived, // a backup's longer write timeout (cluster.go)
 	}
 }
 

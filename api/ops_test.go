@@ -6,15 +6,18 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/holdfast/holdfast/allocator"
 	"github.com/holdfast/holdfast/api"
 	"github.com/holdfast/holdfast/ctl"
 	"github.com/holdfast/holdfast/engine"
@@ -353,5 +356,73 @@ func TestDrain(t *testing.T) {
 	// Nothing was reserved.
 	if p, _ := n.machine.Alloc.Pool("p"); p.Held != 0 {
 		t.Fatalf("held %d", p.Held)
+	}
+}
+
+// TestBackupOutlivesWriteTimeout: a backup download takes as long as it
+// takes. The server's write timeout bounds writing a whole response, body
+// stream included; a slow reader of a backup bigger than the socket
+// buffers would otherwise get a truncated file once it passes.
+func TestBackupOutlivesWriteTimeout(t *testing.T) {
+	if testing.Short() {
+		t.Skip("several MB of state")
+	}
+	n := &testNode{id: "n1", dir: t.TempDir(), raftAddr: freeAddr(t), httpAddr: freeAddr(t)}
+	n.machine = engine.New(engine.Config{})
+	var err error
+	n.node, err = raftstore.Open(raftstore.Config{ID: n.id, DataDir: n.dir, RaftAddr: n.raftAddr, APIAddr: n.httpAddr,
+		HeartbeatTimeout: 300 * time.Millisecond, ElectionTimeout: 300 * time.Millisecond, LeaderLeaseTimeout: 150 * time.Millisecond,
+		Logger: quietLogger(), RaftLog: io.Discard}, n.machine)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", n.httpAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.srv = api.New(api.Config{Node: n.node, Alloc: n.machine.Alloc, Carts: n.machine, Logger: quietLogger(),
+		Limits: api.Limits{WriteTimeout: 50 * time.Millisecond}})
+	go n.srv.Serve(ln)
+	t.Cleanup(func() { n.stop(t) })
+	waitLeader(t, []*testNode{n}, 10*time.Second)
+
+	// About 8 MB of state: 50,000 holds, proposed concurrently.
+	pool := allocator.Command{Kind: allocator.KindPutPool, Pool: "p", Config: allocator.DefaultPoolConfig(1_000_000)}
+	if _, err := n.node.Propose(context.Background(), pool.AppendEncode(nil)); err != nil {
+		t.Fatal(err)
+	}
+	const holds, workers = 50_000, 64
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; i < holds; i += workers {
+				c := allocator.Command{Kind: allocator.KindReserve, Buyer: fmt.Sprintf("buyer-%06d", i), IdemKey: fmt.Sprintf("key-%06d", i),
+					Lines: []allocator.LineRequest{{Pool: "p", Qty: 1}}}
+				if _, err := n.node.Propose(context.Background(), c.AppendEncode(nil)); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+
+	resp, err := http.Get(n.url("/v1/backup"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 || resp.ContentLength < 4<<20 {
+		t.Fatalf("backup: %d, %d bytes", resp.StatusCode, resp.ContentLength)
+	}
+	time.Sleep(300 * time.Millisecond) // a slow reader: the server's writes block meanwhile
+	body, err := io.ReadAll(resp.Body)
+	if err != nil || int64(len(body)) != resp.ContentLength {
+		t.Fatalf("read %d of %d bytes: %v", len(body), resp.ContentLength, err)
+	}
+	if _, err := raftstore.VerifyBackup(bytes.NewReader(body)); err != nil {
+		t.Fatal(err)
 	}
 }
