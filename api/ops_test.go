@@ -297,9 +297,13 @@ func TestClusterEndpoints(t *testing.T) {
 				t.Errorf("%s /metrics lacks %q", n.id, want)
 			}
 		}
-		if !strings.Contains(body, "holdfast_raft_leader_changes_total 3") {
-			i := strings.Index(body, "holdfast_raft_leader_changes_total ")
-			t.Errorf("%s saw leader changes: %q, want 3 (start and two transfers)", n.id, body[i:min(len(body), i+40)])
+		// At least the first leader and two transfers (a busy machine may
+		// add an election of its own).
+		var changes int
+		if i := strings.Index(body, "\nholdfast_raft_leader_changes_total "); i < 0 {
+			t.Errorf("%s: no holdfast_raft_leader_changes_total", n.id)
+		} else if fmt.Sscan(body[i+len("\nholdfast_raft_leader_changes_total "):], &changes); changes < 3 {
+			t.Errorf("%s saw %d leader changes, want at least 3 (start and two transfers)", n.id, changes)
 		}
 	}
 	// The last voter cannot be removed.
