@@ -300,3 +300,52 @@ func TestLogsExpiryBacklog(t *testing.T) {
 		t.Fatalf("want one backlog line and one cleared line:%s", describe(recs, mark))
 	}
 }
+
+// TestLogsOneLinePerOperation: a leadership transfer and a membership
+// change each log one info line per node (the events watcher's), not one
+// more from the operation on the node that ran it.
+func TestLogsOneLinePerOperation(t *testing.T) {
+	nodes := make([]*loggedNode, 3)
+	var peers []raftstore.Peer
+	for i := range nodes {
+		nodes[i] = &loggedNode{id: fmt.Sprintf("n%d", i+1), dir: t.TempDir(), raftAddr: freeAddr(t)}
+		peers = append(peers, raftstore.Peer{ID: nodes[i].id, Addr: nodes[i].raftAddr})
+	}
+	for _, n := range nodes {
+		n.open(t, peers)
+		defer n.node.Close()
+	}
+	for _, n := range nodes {
+		waitLog(t, n.log, 0, "INFO", "leader elected", 10*time.Second)
+	}
+	time.Sleep(600 * time.Millisecond)
+	var leader *loggedNode
+	for _, n := range nodes {
+		if n.node.IsLeader() {
+			leader = n
+		}
+	}
+	mark := len(leader.log.records(t))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := leader.node.TransferLeadership(ctx, ""); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(600 * time.Millisecond)
+	if recs := leader.log.records(t); count(recs, mark, "INFO", "") != 1 {
+		t.Errorf("old leader %s, after a transfer:%s", leader.id, describe(recs, mark))
+	}
+	for _, n := range nodes {
+		if n.node.IsLeader() {
+			leader = n
+		}
+	}
+	mark = len(leader.log.records(t))
+	if err := leader.node.AddMember(ctx, "n4", freeAddr(t), "", false); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(600 * time.Millisecond)
+	if recs := leader.log.records(t); count(recs, mark, "INFO", "") != 1 {
+		t.Errorf("leader %s, after adding a member:%s", leader.id, describe(recs, mark))
+	}
+}
