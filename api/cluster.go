@@ -353,8 +353,11 @@ type streamedResponse struct {
 	c    *fasthttp.HostClient
 }
 
+// Read reads the leader's body as it arrives.
 func (r *streamedResponse) Read(p []byte) (int, error) { return r.resp.BodyStream().Read(p) }
 
+// Close releases the response and the relay connection; fasthttp calls
+// it once the body is sent.
 func (r *streamedResponse) Close() error {
 	err := r.resp.CloseBodyStream()
 	fasthttp.ReleaseResponse(r.resp)

@@ -78,6 +78,7 @@ type APIError struct {
 	RetryAfter time.Duration
 }
 
+// Error renders the status, code and message.
 func (e *APIError) Error() string {
 	return fmt.Sprintf("%d %s: %s", e.Status, e.Code, e.Message)
 }

@@ -77,6 +77,7 @@ type BackupStream struct {
 	f      *os.File
 }
 
+// Read reads the backup file: header lines, then body.
 func (b *BackupStream) Read(p []byte) (int, error) { return b.r.Read(p) }
 
 // Close releases the stream.

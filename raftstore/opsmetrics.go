@@ -59,12 +59,14 @@ func (n *Node) registerOpsMetrics(reg prometheus.Registerer) {
 	}
 }
 
+// Describe implements prometheus.Collector.
 func (c *opsCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descTerm, descIsLeader, descHasLeader, descLeaderChanges, descIndex, descExpiryLag, descMembers} {
 		ch <- d
 	}
 }
 
+// Collect implements prometheus.Collector: it reads the node now.
 func (c *opsCollector) Collect(ch chan<- prometheus.Metric) {
 	n := c.n
 	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
