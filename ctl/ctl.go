@@ -9,12 +9,14 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"text/tabwriter"
 	"time"
 
@@ -478,7 +480,12 @@ func (cc *cmdCtx) reservation(args []string, release bool) error {
 
 // ---- cluster ----
 
-func (cc *cmdCtx) printCluster(raw json.RawMessage) error {
+func (cc *cmdCtx) printCluster(raw json.RawMessage) error { return cc.printClusterProbed(raw, false) }
+
+// printClusterProbed prints the cluster; with probe it also asks each
+// member with a known API address for its own applied index (a member
+// catching up, or unreachable, shows there).
+func (cc *cmdCtx) printClusterProbed(raw json.RawMessage, probe bool) error {
 	if cc.json {
 		return cc.printJSON(raw)
 	}
@@ -492,9 +499,29 @@ func (cc *cmdCtx) printCluster(raw json.RawMessage) error {
 	}
 	fmt.Fprintf(cc.out, "leader %s  term %d  commit %d  applied %d  log clock %s  (as seen by %s, %s)\n",
 		leader, st.Term, st.CommitIndex, st.AppliedIndex, st.LogClock, st.ID, strings.ToLower(st.State))
+	applied := make([]string, len(st.Members))
+	if probe {
+		var wg sync.WaitGroup
+		for i, m := range st.Members {
+			applied[i] = "-"
+			if m.APIAddr == "" {
+				continue
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				applied[i] = cc.probe(m.APIAddr)
+			}()
+		}
+		wg.Wait()
+	}
 	w := cc.table()
-	fmt.Fprintln(w, "ID\tROLE\tSUFFRAGE\tRAFT\tAPI")
-	for _, m := range st.Members {
+	head := "ID\tROLE\tSUFFRAGE\tRAFT\tAPI"
+	if probe {
+		head += "\tAPPLIED"
+	}
+	fmt.Fprintln(w, head)
+	for i, m := range st.Members {
 		role := "follower"
 		if m.Leader {
 			role = "leader"
@@ -503,9 +530,30 @@ func (cc *cmdCtx) printCluster(raw json.RawMessage) error {
 		if api == "" {
 			api = "-"
 		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", m.ID, role, strings.ToLower(m.Suffrage), m.RaftAddr, api)
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s", m.ID, role, strings.ToLower(m.Suffrage), m.RaftAddr, api)
+		if probe {
+			fmt.Fprintf(w, "\t%s", applied[i])
+		}
+		fmt.Fprintln(w)
 	}
 	return w.Flush()
+}
+
+// probeTimeout bounds asking one member for its status.
+const probeTimeout = 2 * time.Second
+
+// probe asks the member at apiAddr (same scheme, token and CA as the node
+// ctl talks to) for its applied index.
+func (cc *cmdCtx) probe(apiAddr string) string {
+	scheme, _, _ := strings.Cut(cc.c.Base, "://")
+	c := &Client{Base: scheme + "://" + apiAddr, Token: cc.c.Token, HTTP: &http.Client{Transport: cc.c.HTTP.Transport, Timeout: probeTimeout}}
+	ctx, cancel := context.WithTimeout(cc.ctx, probeTimeout)
+	defer cancel()
+	var st ClusterStatus
+	if err := c.Get(ctx, "/v1/cluster", &st); err != nil {
+		return "unreachable"
+	}
+	return strconv.FormatUint(st.AppliedIndex, 10)
 }
 
 func (cc *cmdCtx) clusterStatus(args []string) error {
@@ -516,7 +564,7 @@ func (cc *cmdCtx) clusterStatus(args []string) error {
 	if err := cc.c.Get(cc.ctx, "/v1/cluster", &raw); err != nil {
 		return err
 	}
-	return cc.printCluster(raw)
+	return cc.printClusterProbed(raw, true)
 }
 
 func (cc *cmdCtx) clusterAdd(args []string) error {

@@ -11,6 +11,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -158,8 +159,16 @@ func TestCtlPoolsAndReservations(t *testing.T) {
 
 	// cluster status
 	out = mustCtl(t, e, "cluster", "status")
-	if !strings.Contains(out, "leader n1") || !regexpLine(out, "n1", "leader") {
+	if !strings.Contains(out, "leader n1") || !regexpLine(out, "n1", "leader") || !strings.Contains(out, "APPLIED") {
 		t.Fatalf("cluster status:\n%s", out)
+	}
+	// The APPLIED column is the member's own answer: a number here.
+	for _, l := range strings.Split(out, "\n") {
+		if f := strings.Fields(l); len(f) == 6 && f[0] == "n1" {
+			if _, err := strconv.ParseUint(f[5], 10, 64); err != nil {
+				t.Fatalf("applied column %q:\n%s", f[5], out)
+			}
+		}
 	}
 
 	// Errors: the API's code on stderr, exit 1; usage mistakes exit 2.
