@@ -252,6 +252,7 @@ func TestHostileSlowClients(t *testing.T) {
 					return
 				}
 				defer c.Close()
+				c.SetDeadline(time.Now().Add(30 * time.Second)) // no write or read may block the test for good
 				start := time.Now()
 				c.Write([]byte(k.head))
 				closed := make(chan string, 1)
