@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -472,4 +473,90 @@ func TestSIGTERMLeaderUnderLoad(t *testing.T) {
 	t.Logf("new leader %s %v after SIGTERM; old leader exited after %v; %d acknowledged, %d answers 503 with Retry-After",
 		newLeader.id, electedIn.Round(time.Millisecond), exitedIn.Round(time.Millisecond), l.ok.Load(), l.r503.Load())
 	checkAcked(t, l, others)
+}
+
+// TestRestoreThreeNodes: the second way to restore that docs/operations.md
+// gives: three nodes started with the same --restore FILE and the same
+// --peers form one cluster with the backup's state, which then survives the
+// loss of any one node.
+func TestRestoreThreeNodes(t *testing.T) {
+	if testing.Short() {
+		t.Skip("process cluster test")
+	}
+	src := startProc(t, "n1", t.TempDir())
+	opMustCall(t, "PUT", src.url("/v1/pools/p"), `{"on_hand": 100}`, 201)
+	var ids []string
+	for i := range 5 {
+		a := opMustCall(t, "POST", src.url("/v1/reservations"), fmt.Sprintf(`{"buyer":"u-%d","lines":[{"pool":"p","qty":2}]}`, i), 201)
+		ids = append(ids, a.body["id"].(string))
+	}
+	file := filepath.Join(t.TempDir(), "b.backup")
+	var out, errOut bytes.Buffer
+	if code := ctl.Main([]string{"--addr", src.url(""), "backup", file}, &out, &errOut); code != 0 {
+		t.Fatalf("ctl backup: %d %s", code, errOut.String())
+	}
+
+	addrs := make([][2]string, 3)
+	var peers []string
+	for i := range addrs {
+		addrs[i] = [2]string{freeAddr(t), freeAddr(t)}
+		peers = append(peers, fmt.Sprintf("r%d=%s", i+1, addrs[i][1]))
+	}
+	nodes := make([]*proc, 3)
+	var wg sync.WaitGroup
+	for i := range nodes {
+		nodes[i] = &proc{id: fmt.Sprintf("r%d", i+1), http: addrs[i][0], raft: addrs[i][1], dir: t.TempDir(),
+			log: &bytes.Buffer{}, logMu: &sync.Mutex{}, exited: make(chan struct{})}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			p := nodes[i]
+			p.start(t, []string{"serve", "--id", p.id, "--data", p.dir, "--http", p.http, "--raft", p.raft,
+				"--peers", strings.Join(peers, ","), "--restore", file})
+		}()
+	}
+	wg.Wait()
+	for _, p := range nodes {
+		if !strings.Contains(p.logs(), "restored from backup") {
+			t.Fatalf("%s did not restore:\n%s", p.id, p.logs())
+		}
+	}
+	st, err := clusterOf(nodes[0])
+	if err != nil || len(st.Members) != 3 {
+		t.Fatalf("restored cluster: %+v %v", st, err)
+	}
+	// Lose one node (the leader, the harder case); the other two serve the
+	// backup's state and take writes.
+	leader := leaderOf(t, nodes)
+	leader.cmd.Process.Signal(syscall.SIGKILL)
+	<-leader.exited
+	var rest []*proc
+	for _, p := range nodes {
+		if p != leader {
+			rest = append(rest, p)
+		}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		a, err := opCall("POST", rest[0].url("/v1/reservations"), `{"buyer":"after","lines":[{"pool":"p","qty":1}]}`, "Idempotency-Key", "after-1")
+		if err == nil && a.status == 201 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no write on the restored cluster without %s: %v %+v", leader.id, err, a)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	for _, p := range rest {
+		for _, id := range ids {
+			a := opMustCall(t, "GET", p.url("/v1/reservations/"+id), "", 200)
+			if a.body["state"] != "active" {
+				t.Fatalf("%s on %s: %s", id, p.id, a.raw)
+			}
+		}
+		a := opMustCall(t, "GET", p.url("/v1/pools/p"), "", 200)
+		if a.body["held"].(float64) != 11 {
+			t.Fatalf("pool on %s: %s", p.id, a.raw)
+		}
+	}
 }
