@@ -202,6 +202,10 @@ func DecodeCommand(b []byte) (Command, error) {
 		c.Reservation = d.Uvarint()
 		c.TTLMs = d.Varint()
 	case KindRefusals:
+		if flags != 0 {
+			d.Fail("flags on a refusals command") // its refusals carry their own keys
+			break
+		}
 		c.Refusals = decodeRefusals(d)
 	case KindTick:
 	default:

@@ -48,6 +48,9 @@ func sampleCommands() []Command {
 	var out []Command
 	for _, c := range base {
 		out = append(out, c)
+		if c.Kind == KindRefusals {
+			continue // its refusals carry their keys; the command takes none
+		}
 		c.IdemKey, c.ReqHash = "idem:"+kindName(c.Kind), hash
 		out = append(out, c)
 	}

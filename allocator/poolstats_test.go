@@ -54,6 +54,16 @@ func TestPoolStats(t *testing.T) {
 		wantStats(t, r.pool(p).Stats, PoolStats{Expired: 1, Confirmed: 1})
 	}
 
+	// A partial reservation counts only in the pools it got units from.
+	r.put("c", poolCfg(1, 1_000, 2_000, 0))
+	part := reserveCmd("m3", ln("c", 1), ln("b", 1), ln("a", 99))
+	part.Partial = true
+	pid := r.ok(part).Reservation.ID
+	r.ok(confirmCmd(pid))
+	wantStats(t, r.pool("c").Stats, PoolStats{Confirmed: 1})
+	wantStats(t, r.pool("b").Stats, PoolStats{Expired: 1, Confirmed: 2})
+	wantStats(t, r.pool("a").Stats, PoolStats{Expired: 1, Confirmed: 1}) // its line was sold out
+
 	// Counts are state: a restored replica has them, and the snapshot
 	// round-trips byte for byte.
 	got = r.pool(dropPoolID).Stats

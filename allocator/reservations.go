@@ -553,15 +553,22 @@ func (m *Machine) expire(r *reservation) {
 	countPools(r, func(s *PoolStats) { s.Expired++ })
 }
 
-// countPools applies count to the stats of each distinct pool of r.
+// countPools applies count to the stats of each distinct pool that one of
+// r's lines took units from (or waited on): those now sold or returned. A
+// line refused in a partial reservation got nothing from its pool.
 func countPools(r *reservation, count func(*PoolStats)) {
+	took := func(l *line) bool { return l.state == LineSold || l.state == LineReturned }
 	for i := range r.lines {
-		p, seen := r.lines[i].pool, false
+		l := &r.lines[i]
+		if !took(l) {
+			continue
+		}
+		seen := false
 		for j := 0; j < i && !seen; j++ {
-			seen = r.lines[j].pool == p
+			seen = r.lines[j].pool == l.pool && took(&r.lines[j])
 		}
 		if !seen {
-			count(&p.stats)
+			count(&l.pool.stats)
 		}
 	}
 }

@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"sync"
 	"time"
@@ -12,16 +13,14 @@ import (
 // refusals answers, on the leader, the reserve requests its applied state
 // certainly refuses without a log entry (allocator.Machine.Precheck after
 // a read barrier, so the answer is a linearizable read), and records them
-// afterwards in batches (allocator.KindRefusals): their demand, and their
-// answers under their idempotency keys. In a sold-out drop that is almost
-// every request; none of them waits for a quorum's fsync, and followers
-// apply one command per batch instead of one per request.
+// afterwards in batches (allocator.KindRefusals) so that every replica
+// counts them in its pools' demand.
 //
-// A refusal answered under an Idempotency-Key is kept here until its batch
-// is applied, so a retry meanwhile replays it. If leadership changes before
-// the batch commits, the batch is lost: a retry with that key is then
-// decided afresh (and may succeed if units came back). Nothing was held or
-// sold by a refusal, so nothing acknowledged is lost (docs/design.md).
+// Only requests without an Idempotency-Key take this path. A keyed answer
+// must be remembered before it is given (the same key must get the same
+// answer, and must block other requests under it), which is what the log
+// does; a refusal nobody will look up again needs no such record. A lost
+// batch (the leader fails before it commits) loses only demand counts.
 type refusals struct {
 	node    Node
 	alloc   *allocator.Machine
@@ -30,14 +29,8 @@ type refusals struct {
 
 	mu       sync.Mutex
 	queue    []allocator.Refusal
-	inFlight int                       // taken by the flusher, not yet applied
-	pending  map[string]pendingRefusal // by idempotency key, until applied
+	inFlight int // taken by the flusher, not yet applied
 	flushing bool
-}
-
-type pendingRefusal struct {
-	hash [allocator.HashLen]byte
-	err  *allocator.Error
 }
 
 const (
@@ -49,42 +42,41 @@ const (
 )
 
 func newRefusals(node Node, alloc *allocator.Machine, log *slog.Logger, timeout time.Duration) *refusals {
-	return &refusals{node: node, alloc: alloc, log: log, timeout: timeout, pending: make(map[string]pendingRefusal)}
+	return &refusals{node: node, alloc: alloc, log: log, timeout: timeout}
 }
 
-// try answers c, a validated reserve command with its idempotency key and
-// hash set, if that needs no log entry; ok is false otherwise.
-func (f *refusals) try(ctx context.Context, c *allocator.Command) (res allocator.Result, ok bool) {
+// try answers c, a validated reserve command, if that needs no log entry:
+// ok is false when c must go through the log. err is set when the read
+// barrier ran out of time (the request's deadline is spent: answer 503
+// rather than start a second wait through the log).
+func (f *refusals) try(ctx context.Context, c *allocator.Command) (res allocator.Result, ok bool, err error) {
+	if c.IdemKey != "" {
+		return allocator.Result{}, false, nil
+	}
 	f.mu.Lock()
-	p, seen := f.pending[c.IdemKey]
 	full := len(f.queue)+f.inFlight >= maxOutstandingRefusals
 	f.mu.Unlock()
-	if c.IdemKey != "" && seen {
-		if p.hash != c.ReqHash {
-			return allocator.Result{Err: allocator.MismatchError(c.IdemKey)}, true
-		}
-		return allocator.Result{Err: p.err, Replayed: true}, true
+	if full {
+		return allocator.Result{}, false, nil
 	}
-	if full || f.node.ReadBarrier(ctx) != nil {
-		return allocator.Result{}, false
+	if err := f.node.ReadBarrier(ctx); err != nil {
+		if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+			return allocator.Result{}, false, err
+		}
+		return allocator.Result{}, false, nil // not the leader, or closing: the log path says so
 	}
 	res, fresh, ok := f.alloc.Precheck(c, f.node.NowMs())
-	if !ok {
-		return allocator.Result{}, false
+	if !ok || !fresh {
+		return allocator.Result{}, false, nil
 	}
-	if fresh {
-		f.add(allocator.Refusal{IdemKey: c.IdemKey, ReqHash: c.ReqHash, Err: res.Err})
-	}
-	return res, true
+	f.add(allocator.Refusal{Err: res.Err})
+	return res, true, nil
 }
 
 func (f *refusals) add(r allocator.Refusal) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.queue = append(f.queue, r)
-	if r.IdemKey != "" {
-		f.pending[r.IdemKey] = pendingRefusal{hash: r.ReqHash, err: r.Err}
-	}
 	if !f.flushing {
 		f.flushing = true
 		go f.flush()
@@ -120,17 +112,11 @@ func (f *refusals) flush() {
 		_, err := f.node.Propose(ctx, buf)
 		cancel()
 		if err != nil {
-			// Lost with this leadership: the answers stand, their keys are
-			// decided afresh on a retry, their demand goes uncounted.
+			// The answers stand; only their demand counts may be lost.
 			f.log.Warn("refusals not recorded", "count", n, "err", err)
 		}
 		f.mu.Lock()
 		f.inFlight -= n
-		for i := range batch {
-			if k := batch[i].IdemKey; k != "" && f.pending[k].err == batch[i].Err {
-				delete(f.pending, k)
-			}
-		}
 		f.mu.Unlock()
 	}
 }

@@ -105,10 +105,10 @@ func post(srv *api.Server, path, body string, headers ...string) *fasthttp.Reque
 	return ctx
 }
 
-// TestFastRefusals: the leader answers certain refusals from its state
-// without waiting for the log, byte for byte as the log would; retries
-// under the same key replay the answer before and after it is recorded;
-// the recorded batch leaves the state the log path leaves.
+// TestFastRefusals: the leader answers certain refusals of requests
+// without an Idempotency-Key from its state, without waiting for the log,
+// byte for byte as the log would, and records them in a batch that leaves
+// the state the log path leaves. Keyed requests always go through the log.
 func TestFastRefusals(t *testing.T) {
 	fastM, slowM := soldOutMachine(t), soldOutMachine(t)
 	fastN := newLogNode(fastM, fastT0+10, false) // the log is stuck for now
@@ -120,27 +120,27 @@ func TestFastRefusals(t *testing.T) {
 	fast := api.New(cfg(fastN, fastM, false))
 	slow := api.New(cfg(slowN, slowM, true))
 
-	requests := []struct{ body, key string }{
-		{`{"buyer":"c","lines":[{"pool":"p","qty":1}]}`, ""},                                     // sold out
-		{`{"buyer":"a","lines":[{"pool":"p","qty":1}]}`, "k-limit"},                              // over the limit
-		{`{"buyer":"c","lines":[{"pool":"q","qty":2},{"pool":"p","qty":1}]}`, "k-multi"},         // q would fit
-		{`{"buyer":"c","lines":[{"pool":"p","qty":1}],"mode":"partial","ttl_ms":500}`, "k-part"}, // nothing fits
-		{`{"buyer":"d","lines":[{"pool":"q","qty":3}]}`, "k-q"},                                  // over q's limit
+	requests := []string{
+		`{"buyer":"c","lines":[{"pool":"p","qty":1}]}`,                               // sold out
+		`{"buyer":"a","lines":[{"pool":"p","qty":1}]}`,                               // over the limit
+		`{"buyer":"c","lines":[{"pool":"q","qty":2},{"pool":"p","qty":1}]}`,          // q would fit
+		`{"buyer":"c","lines":[{"pool":"p","qty":1}],"mode":"partial","ttl_ms":500}`, // nothing fits
+		`{"buyer":"d","lines":[{"pool":"q","qty":3}]}`,                               // over q's limit
 	}
 	var wg sync.WaitGroup
 	bodies := make([][]byte, len(requests))
-	for i, rq := range requests {
+	for i, body := range requests {
 		wg.Go(func() {
 			done := make(chan *fasthttp.RequestCtx, 1)
-			go func() { done <- post(fast, "/v1/reservations", rq.body, "Idempotency-Key", rq.key) }()
+			go func() { done <- post(fast, "/v1/reservations", body) }()
 			select {
 			case ctx := <-done:
 				bodies[i] = append([]byte(nil), ctx.Response.Body()...)
 				if ctx.Response.StatusCode() != 409 {
-					t.Errorf("%s: status %d: %s", rq.body, ctx.Response.StatusCode(), ctx.Response.Body())
+					t.Errorf("%s: status %d: %s", body, ctx.Response.StatusCode(), ctx.Response.Body())
 				}
 			case <-time.After(3 * time.Second):
-				t.Errorf("%s: the refusal waited for the log", rq.body)
+				t.Errorf("%s: the refusal waited for the log", body)
 			}
 		})
 	}
@@ -148,28 +148,45 @@ func TestFastRefusals(t *testing.T) {
 	if t.Failed() {
 		t.FailNow()
 	}
-
-	// Retries before the record is applied: replayed; another request
-	// under a used key: a mismatch.
-	again := post(fast, "/v1/reservations", requests[1].body, "Idempotency-Key", "k-limit")
-	if !bytes.Equal(again.Response.Body(), bodies[1]) {
-		t.Fatalf("pending replay differs: %s", again.Response.Body())
-	}
-	mis := post(fast, "/v1/reservations", requests[0].body, "Idempotency-Key", "k-limit")
-	if mis.Response.StatusCode() != 409 || !bytes.Contains(mis.Response.Body(), []byte("idempotency_mismatch")) {
-		t.Fatalf("reused key: %d %s", mis.Response.StatusCode(), mis.Response.Body())
+	for i, body := range requests {
+		want := post(slow, "/v1/reservations", body)
+		if !bytes.Equal(bodies[i], want.Response.Body()) {
+			t.Fatalf("%s:\nfast %s\nlog  %s", body, bodies[i], want.Response.Body())
+		}
 	}
 
-	// The log comes back: one batch (or a few) records every refusal.
+	// A keyed request waits for the log, even when it is a refusal.
+	keyed := make(chan *fasthttp.RequestCtx, 1)
+	go func() { keyed <- post(fast, "/v1/reservations", requests[0], "Idempotency-Key", "k-1") }()
+	select {
+	case ctx := <-keyed:
+		t.Fatalf("a keyed refusal was answered without the log: %d %s", ctx.Response.StatusCode(), ctx.Response.Body())
+	case <-time.After(100 * time.Millisecond):
+	}
+
+	// The log comes back: the batch records every refusal, the keyed
+	// request is answered through the log.
 	close(fastN.gate)
+	if ctx := <-keyed; ctx.Response.StatusCode() != 409 || !bytes.Equal(ctx.Response.Body(), bodies[0]) {
+		t.Fatalf("keyed refusal: %d %s", ctx.Response.StatusCode(), ctx.Response.Body())
+	}
+	post(slow, "/v1/reservations", requests[0], "Idempotency-Key", "k-1")
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		kinds, refused := fastN.proposed()
 		if len(refused) == len(requests) {
+			var nReserve int
 			for _, k := range kinds {
-				if k != allocator.KindRefusals {
-					t.Fatalf("a refusal went through the log as %v", k)
+				switch k {
+				case allocator.KindReserve:
+					nReserve++
+				case allocator.KindRefusals:
+				default:
+					t.Fatalf("unexpected command %v", k)
 				}
+			}
+			if nReserve != 1 {
+				t.Fatalf("%d reserves through the log, want the keyed one", nReserve)
 			}
 			break
 		}
@@ -178,35 +195,15 @@ func TestFastRefusals(t *testing.T) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	// The same requests through the log, in the order the batch recorded
-	// them (keys get sequence numbers in log order): the same answers and
-	// the same state.
-	_, refused := fastN.proposed()
-	for _, r := range refused {
-		for i, rq := range requests {
-			if rq.key != r.IdemKey {
-				continue
-			}
-			want := post(slow, "/v1/reservations", rq.body, "Idempotency-Key", rq.key)
-			if !bytes.Equal(bodies[i], want.Response.Body()) {
-				t.Fatalf("%s:\nfast %s\nlog  %s", rq.body, bodies[i], want.Response.Body())
-			}
-		}
-	}
 	if fastM.StateHash() != slowM.StateHash() {
 		t.Fatal("state after recorded refusals differs from the state after the log's refusals")
 	}
 
-	// Units come back. A retry under a recorded key still replays the
-	// refusal; a new request is held (through the log).
+	// Units come back: the next request is held, through the log.
 	for _, m := range []*allocator.Machine{fastM, slowM} {
 		m.Apply(fastT0+20, []allocator.Command{{Kind: allocator.KindAdjustPool, Pool: "p", Delta: 5}}, nil)
 	}
-	again = post(fast, "/v1/reservations", requests[1].body, "Idempotency-Key", "k-limit")
-	if !bytes.Equal(again.Response.Body(), bodies[1]) {
-		t.Fatalf("recorded replay differs: %s", again.Response.Body())
-	}
-	held := post(fast, "/v1/reservations", requests[0].body, "Idempotency-Key", "k-new")
+	held := post(fast, "/v1/reservations", requests[0])
 	if held.Response.StatusCode() != 201 {
 		t.Fatalf("after a restock: %d %s", held.Response.StatusCode(), held.Response.Body())
 	}

@@ -866,7 +866,10 @@ func (s *Server) reserve(ctx *fasthttp.RequestCtx, _ []string) *apiError {
 	}
 	r, ok := allocator.Result{}, false
 	if s.fast != nil {
-		r, ok = s.fast.try(s.dl.get(), &c)
+		var err error
+		if r, ok, err = s.fast.try(s.dl.get(), &c); err != nil {
+			return s.replicationError(err)
+		}
 	}
 	if !ok {
 		var e *apiError
