@@ -10,8 +10,12 @@ import (
 	"slices"
 )
 
-// snapshotVersion is the first byte of every snapshot.
+// snapshotVersion is the first byte of every snapshot. Version 3 (before
+// per-pool stats) is still read, with zero stats.
 const snapshotVersion = 4
+
+// oldestSnapshotVersion is the oldest version Restore reads.
+const oldestSnapshotVersion = 3
 
 // Snapshot returns the canonical encoding of the whole state: the same state
 // gives the same bytes on every replica (every collection is written in
@@ -207,7 +211,7 @@ func readLines(d *wire.Decoder) []LineView {
 	return ls
 }
 
-func readResult(d *wire.Decoder) Result {
+func readResult(d *wire.Decoder, version byte) Result {
 	var r Result
 	r.Created = d.Byte() != 0
 	if d.Byte() != 0 {
@@ -217,10 +221,14 @@ func readResult(d *wire.Decoder) Result {
 	if d.Byte() != 0 {
 		p := &PoolView{ID: d.String(MaxIDLen)}
 		readConfig(d, &p.Config)
-		s := &p.Stats
-		for _, v := range [...]*int64{&p.Held, &p.Sold, &p.Available, &p.CreatedAtMs, &p.UpdatedAtMs, &p.Waiting, &p.WaitingQty, &p.DrawEntries,
-			&s.Entries, &s.Winners, &s.Offers, &s.Expired, &s.Confirmed, &s.Released} {
+		for _, v := range [...]*int64{&p.Held, &p.Sold, &p.Available, &p.CreatedAtMs, &p.UpdatedAtMs, &p.Waiting, &p.WaitingQty, &p.DrawEntries} {
 			*v = d.Varint()
+		}
+		if version >= 4 {
+			s := &p.Stats
+			for _, v := range [...]*int64{&s.Entries, &s.Winners, &s.Offers, &s.Expired, &s.Confirmed, &s.Released} {
+				*v = d.Varint()
+			}
 		}
 		p.RequestsPerSec = math.Float64frombits(d.Uvarint())
 		p.DenialsPerSec = math.Float64frombits(d.Uvarint())
@@ -263,8 +271,9 @@ func (m *Machine) Restore(r io.Reader) error {
 
 func (m *Machine) decodeSnapshot(data []byte) error {
 	d := wire.NewDecoder(data, ErrCorrupt)
-	if v := d.Byte(); v != snapshotVersion {
-		return fmt.Errorf("%w: snapshot version %d", ErrCorrupt, v)
+	version := d.Byte()
+	if version < oldestSnapshotVersion || version > snapshotVersion {
+		return fmt.Errorf("%w: snapshot version %d", ErrCorrupt, version)
 	}
 	m.clockMs = d.Varint()
 	m.nextID, m.idemSeq, m.nextPoolSeq = d.Uvarint(), d.Uvarint(), d.Uvarint()
@@ -296,8 +305,10 @@ func (m *Machine) decodeSnapshot(data []byte) error {
 		}
 		p.demand.heat = Heat(d.Byte())
 		s := &p.stats
-		s.Entries, s.Winners, s.Offers = d.Varint(), d.Varint(), d.Varint()
-		s.Expired, s.Confirmed, s.Released = d.Varint(), d.Varint(), d.Varint()
+		if version >= 4 {
+			s.Entries, s.Winners, s.Offers = d.Varint(), d.Varint(), d.Varint()
+			s.Expired, s.Confirmed, s.Released = d.Varint(), d.Varint(), d.Varint()
+		}
 		switch {
 		case !ValidID(p.ID) || (i > 0 && p.ID <= m.poolIDs[i-1]):
 			d.Fail("pool ids not valid and strictly increasing")
@@ -448,7 +459,7 @@ func (m *Machine) decodeSnapshot(data []byte) error {
 		key := d.String(MaxIDLen)
 		rec.expiresAtMs = d.Varint()
 		d.Bytes(rec.hash[:])
-		rec.result = readResult(d)
+		rec.result = readResult(d, version)
 		if rec.seq <= lastSeq || rec.seq > m.idemSeq || m.idem[key] != nil {
 			d.Fail("idempotency records not strictly increasing within 1..seq, or a key twice")
 			break
