@@ -348,20 +348,12 @@ func (w *Workload) checkNode(checks *Checks, node string, res map[uint64]finalRe
 // stayed unknown.
 func (w *Workload) unknownReserves(k string) int {
 	pool, buyer, _ := strings.Cut(k, "|")
-	p := w.byID[pool]
-	if p == nil {
-		return 0
-	}
-	b, ok := p.buyers[buyer]
-	if !ok {
-		return 0
-	}
 	n := 0
 	w.histMu.Lock()
 	defer w.histMu.Unlock()
 	for _, op := range w.history {
 		in, out := op.Input.(opInput), op.Output.(opOutput)
-		if in.Kind == opReserve && in.Pool == pool && in.Buyer == b && out.Unknown {
+		if in.Kind == opReserve && in.Pool == pool && in.Buyer == buyer && out.Unknown {
 			n++
 		}
 	}

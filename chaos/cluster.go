@@ -403,7 +403,11 @@ func (c *Cluster) replace(pp **toxiproxy.Proxy, add string) error {
 	defer c.mu.Unlock()
 	old := *pp
 	was := old.Enabled
+	start := time.Now()
 	old.Stop()
+	if d := time.Since(start); d > time.Second {
+		c.logf("stopping proxy %s took %s", old.Name, d.Round(time.Millisecond))
+	}
 	np := toxiproxy.NewProxy(c.tp, old.Name, old.Listen, old.Upstream)
 	var keep []string
 	if add != "" {

@@ -12,14 +12,19 @@ import (
 // than the run, so expiry never decides an outcome; what is left is
 // deterministic given the order of operations:
 //
-//   - reserve(buyer, qty): buyer_limit if the buyer's units (held +
-//     sold) plus qty exceed the limit; else sold_out if qty exceeds
-//     available; else held (held += qty, the buyer's units += qty);
+//   - reserve(qty): sold_out if qty exceeds available; else held
+//     (held += qty);
 //   - confirm of a hold the client owns: held -= qty, sold += qty;
-//   - release of a hold the client owns: held -= qty, the buyer's units
-//     -= qty;
+//   - release of a hold the client owns: held -= qty;
 //   - adjust(+delta): on_hand += delta;
 //   - read: returns on_hand, held and sold exactly.
+//
+// A buyer_limit refusal leaves the pool as it was, whatever its state:
+// the allocator checks the buyer's limit before availability. Whether it
+// was right is checked by the client that owns the buyer (a buyer is used
+// by one client, one request at a time, so its units follow that client's
+// own sequence of acknowledged operations; see Workload.reserve), and by
+// the final state checks.
 //
 // An operation whose outcome stayed unknown (the client gave up retrying)
 // may or may not have taken effect: the model is nondeterministic for it.
@@ -41,7 +46,7 @@ var opNames = [...]string{"reserve", "confirm", "release", "adjust", "read"}
 type opInput struct {
 	Kind  opKind
 	Pool  string
-	Buyer int // index of the buyer in the pool's usage vector
+	Buyer string
 	Qty   int64
 	ResID string
 }
@@ -55,50 +60,32 @@ type opOutput struct {
 	OnHand, Held, Sold int64
 }
 
-// poolState is comparable (==) and cheap to copy: usage holds one byte
-// of units per buyer (limits are small).
+// poolState is comparable (==) and cheap to copy.
 type poolState struct {
 	onHand, held, sold int64
-	usage              string
-}
-
-func (s poolState) withUsage(buyer int, delta int64) (poolState, bool) {
-	u := []byte(s.usage)
-	v := int64(u[buyer]) + delta
-	if v < 0 || v > 255 {
-		return s, false
-	}
-	u[buyer] = byte(v)
-	s.usage = string(u)
-	return s, true
 }
 
 // poolModel is the porcupine model of one of the workload's pools, from
 // its initial state.
 func (w *Workload) poolModel(init poolState) porcupine.Model {
-	limits := map[string]int64{}
-	for _, p := range w.pools {
-		limits[p.ID] = p.Limit
-	}
 	step := func(st any, input any, output any) []any {
 		s := st.(poolState)
 		in, out := input.(opInput), output.(opOutput)
-		limit := limits[in.Pool]
 		var next []any
 		// apply returns the state after the operation took effect, and
 		// the outcome the model predicts.
 		apply := func() (poolState, opOutput, bool) {
 			switch in.Kind {
 			case opReserve:
-				if int64(s.usage[in.Buyer])+in.Qty > limit {
+				if out.Code == "buyer_limit" {
 					return s, opOutput{Code: "buyer_limit"}, true
 				}
 				if in.Qty > s.onHand-s.held-s.sold {
 					return s, opOutput{Code: "sold_out"}, true
 				}
-				n, ok := s.withUsage(in.Buyer, in.Qty)
+				n := s
 				n.held += in.Qty
-				return n, opOutput{OK: true}, ok
+				return n, opOutput{OK: true}, true
 			case opConfirm:
 				if s.held < in.Qty {
 					return s, opOutput{}, false
@@ -111,9 +98,9 @@ func (w *Workload) poolModel(init poolState) porcupine.Model {
 				if s.held < in.Qty {
 					return s, opOutput{}, false
 				}
-				n, ok := s.withUsage(in.Buyer, -in.Qty)
+				n := s
 				n.held -= in.Qty
-				return n, opOutput{OK: true}, ok
+				return n, opOutput{OK: true}, true
 			case opAdjust:
 				n := s
 				n.onHand += in.Qty
@@ -148,8 +135,7 @@ func (w *Workload) poolModel(init poolState) porcupine.Model {
 		Hash: func(st any) uint64 {
 			s := st.(poolState)
 			h := fnv.New64a()
-			fmt.Fprintf(h, "%d/%d/%d/", s.onHand, s.held, s.sold)
-			h.Write([]byte(s.usage))
+			fmt.Fprintf(h, "%d/%d/%d", s.onHand, s.held, s.sold)
 			return h.Sum64()
 		},
 		DescribeOperation: func(input, output any) string {
@@ -163,7 +149,7 @@ func (w *Workload) poolModel(init poolState) porcupine.Model {
 			case in.Kind == opRead:
 				res = fmt.Sprintf("on_hand=%d held=%d sold=%d", out.OnHand, out.Held, out.Sold)
 			}
-			return fmt.Sprintf("%s(b%d,%d%s) -> %s", opNames[in.Kind], in.Buyer, in.Qty, in.ResID, res)
+			return fmt.Sprintf("%s(%s,%d,%s) -> %s", opNames[in.Kind], in.Buyer, in.Qty, in.ResID, res)
 		},
 		DescribeState: func(st any) string {
 			s := st.(poolState)
@@ -190,7 +176,7 @@ func (w *Workload) CheckLinearizable(dir string, timeout time.Duration) (illegal
 			continue
 		}
 		ops += len(hist)
-		m := w.poolModel(poolState{onHand: p.OnHand, usage: string(make([]byte, len(p.buyers)))})
+		m := w.poolModel(poolState{onHand: p.OnHand})
 		res, info := porcupine.CheckOperationsVerbose(m, hist, timeout)
 		switch res {
 		case porcupine.Illegal:

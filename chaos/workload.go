@@ -64,7 +64,8 @@ func (w *WorkloadConfig) defaults() {
 	}
 }
 
-// buyersPerPool is how many buyers each worker uses on each pool.
+// buyersPerPool is how many buyers each worker uses at a time on each
+// pool (a generation of buyers; see worker).
 const buyersPerPool = 3
 
 // Per-buyer limits: small, so buyer_limit refusals happen often.
@@ -74,13 +75,12 @@ const (
 	maxExt    = 2
 )
 
-// poolInfo is a pool of the workload and the buyers that may use it.
+// poolInfo is a pool of the workload.
 type poolInfo struct {
 	ID     string
 	Hot    bool
 	OnHand int64
 	Limit  int64
-	buyers map[string]int // buyer id -> index in the model's usage
 }
 
 // heldRes is a reservation a worker holds and may confirm, release or
@@ -161,12 +161,7 @@ func NewWorkload(ctx context.Context, c *Cluster, cfg WorkloadConfig) (*Workload
 	w.Acked.Unknown = map[string]bool{}
 	w.Acked.ReservesByBuyer = map[string]int{}
 	add := func(id string, hot bool, onHand, limit int64) {
-		p := &poolInfo{ID: id, Hot: hot, OnHand: onHand, Limit: limit, buyers: map[string]int{}}
-		for wk := range cfg.Workers {
-			for b := range buyersPerPool {
-				p.buyers[buyerID(wk, id, b)] = len(p.buyers)
-			}
-		}
+		p := &poolInfo{ID: id, Hot: hot, OnHand: onHand, Limit: limit}
 		w.pools = append(w.pools, p)
 		w.byID[id] = p
 	}
@@ -191,8 +186,18 @@ func NewWorkload(ctx context.Context, c *Cluster, cfg WorkloadConfig) (*Workload
 	return w, nil
 }
 
-func buyerID(worker int, pool string, b int) string {
-	return fmt.Sprintf("w%d.%s.b%d", worker, pool, b)
+func buyerID(worker int, pool string, gen, b int) string {
+	return fmt.Sprintf("w%d.%s.g%d.b%d", worker, pool, gen, b)
+}
+
+// buyers is what a worker knows of its buyers' units (held + sold) on
+// each pool, from its own acknowledged operations: a buyer is used by one
+// worker, one request at a time, so the worker can tell whether a reserve
+// must be refused with buyer_limit.
+type buyers struct {
+	gen       map[string]int // pool -> current generation of buyers
+	units     map[string]int64
+	uncertain map[string]bool // an operation of the buyer's had an unknown outcome
 }
 
 // Avoid makes clients stop (or resume) talking to node i directly.
@@ -379,6 +384,7 @@ func (w *Workload) Run(ctx context.Context, stop <-chan struct{}) {
 func (w *Workload) worker(ctx context.Context, wk int, stop <-chan struct{}) {
 	rng := rand.New(rand.NewPCG(w.cfg.Seed, uint64(wk)+1))
 	var held []heldRes
+	bs := &buyers{gen: map[string]int{}, units: map[string]int64{}, uncertain: map[string]bool{}}
 	seq := 0
 	hot, cold := w.pools[:w.cfg.HotPools], w.pools[w.cfg.HotPools:]
 	for {
@@ -409,11 +415,11 @@ func (w *Workload) worker(ctx context.Context, wk int, stop <-chan struct{}) {
 			x := rng.Float64()
 			switch {
 			case x < 0.45:
-				if w.finish(ctx, wk, h, "confirm", key, rng) {
+				if w.finish(ctx, wk, h, "confirm", key, rng, bs) {
 					held = append(held[:k], held[k+1:]...)
 				}
 			case x < 0.75:
-				if w.finish(ctx, wk, h, "release", key, rng) {
+				if w.finish(ctx, wk, h, "release", key, rng, bs) {
 					held = append(held[:k], held[k+1:]...)
 				}
 			default:
@@ -434,26 +440,43 @@ func (w *Workload) worker(ctx context.Context, wk int, stop <-chan struct{}) {
 			} else {
 				p = cold[rng.IntN(len(cold))]
 			}
-			buyer := buyerID(wk, p.ID, rng.IntN(buyersPerPool))
 			qty := int64(1 + rng.IntN(2))
-			if h, ok := w.reserve(ctx, wk, p, buyer, qty, key, rng); ok {
+			buyer := buyerID(wk, p.ID, bs.gen[p.ID], rng.IntN(buyersPerPool))
+			if bs.units[buyer]+qty > p.Limit && rng.Float64() < 0.75 {
+				// Most of the time a buyer at its limit is followed by a
+				// new one (shoppers come and go); otherwise the request
+				// goes out and must be refused with buyer_limit.
+				bs.gen[p.ID]++
+				buyer = buyerID(wk, p.ID, bs.gen[p.ID], rng.IntN(buyersPerPool))
+			}
+			if h, ok := w.reserve(ctx, wk, p, buyer, qty, key, rng, bs); ok {
 				held = append(held, h)
 			}
 		}
 	}
 }
 
-func (w *Workload) reserve(ctx context.Context, wk int, p *poolInfo, buyer string, qty int64, key string, rng *rand.Rand) (heldRes, bool) {
+func (w *Workload) reserve(ctx context.Context, wk int, p *poolInfo, buyer string, qty int64, key string, rng *rand.Rand, bs *buyers) (heldRes, bool) {
 	w.Counters.Ops.Add(1)
 	body := fmt.Sprintf(`{"buyer":%q,"lines":[{"pool":%q,"qty":%d}]}`, buyer, p.ID, qty)
-	in := opInput{Kind: opReserve, Pool: p.ID, Buyer: p.buyers[buyer], Qty: qty}
+	in := opInput{Kind: opReserve, Pool: p.ID, Buyer: buyer, Qty: qty}
+	overLimit := bs.units[buyer]+qty > p.Limit
 	call := w.now()
 	st, b, err := w.write(ctx, "POST", "/v1/reservations", body, key, rng)
 	ret := w.now()
 	if err != nil {
 		w.Counters.Unknown.Add(1)
+		bs.uncertain[buyer] = true
 		w.record(wk, in, opOutput{Unknown: true}, call, ret)
 		return heldRes{}, false
+	}
+	if !bs.uncertain[buyer] {
+		switch refusedForLimit := st == 409 && errCode(b) == "buyer_limit"; {
+		case overLimit && !refusedForLimit:
+			w.unexpectedf("reserve %s: buyer %s has %d units, limit %d, asked %d: want buyer_limit, got %d %.120s", key, buyer, bs.units[buyer], p.Limit, qty, st, b)
+		case !overLimit && refusedForLimit:
+			w.unexpectedf("reserve %s: buyer %s has %d units, limit %d, asked %d: refused with buyer_limit", key, buyer, bs.units[buyer], p.Limit, qty)
+		}
 	}
 	switch st {
 	case 201:
@@ -464,6 +487,7 @@ func (w *Workload) reserve(ctx context.Context, wk int, p *poolInfo, buyer strin
 		}
 		w.Counters.Reserved.Add(1)
 		w.lastWriteNs.Store(ret)
+		bs.units[buyer] += qty
 		h := heldRes{id: r.ID, pool: p.ID, buyer: buyer, qty: qty}
 		w.Acked.mu.Lock()
 		if _, dup := w.Acked.Reservations[r.ID]; dup {
@@ -497,19 +521,19 @@ func (w *Workload) reserve(ctx context.Context, wk int, p *poolInfo, buyer strin
 
 // finish confirms or releases h; it reports whether the worker is done
 // with h (any definite or unknown outcome).
-func (w *Workload) finish(ctx context.Context, wk int, h heldRes, verb, key string, rng *rand.Rand) bool {
+func (w *Workload) finish(ctx context.Context, wk int, h heldRes, verb, key string, rng *rand.Rand, bs *buyers) bool {
 	w.Counters.Ops.Add(1)
 	kind := opConfirm
 	if verb == "release" {
 		kind = opRelease
 	}
-	p := w.byID[h.pool]
-	in := opInput{Kind: kind, Pool: h.pool, Buyer: p.buyers[h.buyer], Qty: h.qty, ResID: h.id}
+	in := opInput{Kind: kind, Pool: h.pool, Buyer: h.buyer, Qty: h.qty, ResID: h.id}
 	call := w.now()
 	st, b, err := w.write(ctx, "POST", "/v1/reservations/"+h.id+"/"+verb, "", key, rng)
 	ret := w.now()
 	if err != nil {
 		w.Counters.Unknown.Add(1)
+		bs.uncertain[h.buyer] = true
 		w.Acked.mu.Lock()
 		w.Acked.Unknown[h.id] = true
 		w.Acked.mu.Unlock()
@@ -536,6 +560,7 @@ func (w *Workload) finish(ctx context.Context, wk int, h heldRes, verb, key stri
 	} else {
 		w.Counters.Released.Add(1)
 		w.Acked.Released[h.id] = true
+		bs.units[h.buyer] -= h.qty
 	}
 	w.Acked.mu.Unlock()
 	w.record(wk, in, opOutput{OK: true}, call, ret)
