@@ -47,10 +47,21 @@ func (m *Machine) checkout(st Store, pools Pools, now int64, cmd *Command) Resul
 			switch {
 			case prev.State == CheckoutConfirmed:
 				return Result{Err: errorf(allocator.InvalidState, "cart %s was ordered by checkout %s; edit it to reopen it", c.ID, prev.ID), Cart: c}
-			case prev.State == CheckoutHeld && now < prev.ExpiresAtMs && (pools == nil || pools.Holding(prev.ReservationID)):
-				// A hold released early (POST .../release) no longer
-				// blocks a new checkout.
-				return Result{Err: errorf(allocator.InvalidState, "checkout %s of cart %s is still held", prev.ID, c.ID), Cart: c}
+			case prev.State == CheckoutHeld:
+				// The checkout's reservation may have moved on its own
+				// (POST /v1/reservations/{id}/release or /confirm): a hold
+				// released early no longer blocks a new checkout; one
+				// confirmed directly is an order.
+				rs, known := allocator.StateActive, true
+				if pools != nil {
+					rs, known = pools.ReservationState(prev.ReservationID)
+				}
+				switch {
+				case known && rs == allocator.StateConfirmed:
+					return Result{Err: errorf(allocator.InvalidState, "cart %s was ordered: the reservation of checkout %s is confirmed; edit it to reopen it", c.ID, prev.ID), Cart: c}
+				case known && rs == allocator.StateActive && now < prev.ExpiresAtMs:
+					return Result{Err: errorf(allocator.InvalidState, "checkout %s of cart %s is still held", prev.ID, c.ID), Cart: c}
+				}
 			}
 		}
 	}

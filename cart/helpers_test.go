@@ -221,8 +221,11 @@ func (f *fakePools) Confirm(id uint64) allocator.Result {
 
 func (f *fakePools) release(id uint64) { f.end(f.res[id-1], allocator.StateReleased) }
 
-func (f *fakePools) Holding(id uint64) bool {
-	return id >= 1 && id <= uint64(len(f.res)) && f.res[id-1].state == allocator.StateActive
+func (f *fakePools) ReservationState(id uint64) (allocator.ReservationState, bool) {
+	if id < 1 || id > uint64(len(f.res)) {
+		return 0, false
+	}
+	return f.res[id-1].state, true
 }
 
 // allocPools adapts a real *allocator.Machine, as the engine does.
@@ -247,9 +250,12 @@ func (a *allocPools) Reserve(buyer string, lines []allocator.LineRequest, ttl in
 	return a.one(allocator.Command{Kind: allocator.KindReserve, Buyer: buyer, Lines: lines, TTLMs: ttl, Partial: partial})
 }
 
-func (a *allocPools) Holding(id uint64) bool {
+func (a *allocPools) ReservationState(id uint64) (allocator.ReservationState, bool) {
 	v, err := a.m.Reservation(id)
-	return err == nil && v.State == allocator.StateActive
+	if err != nil {
+		return 0, false
+	}
+	return v.State, true
 }
 
 func (a *allocPools) Confirm(id uint64) allocator.Result {

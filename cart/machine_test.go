@@ -368,6 +368,13 @@ func TestCheckoutAfterRelease(t *testing.T) {
 	if co2.ID == co.ID || co2.ReservationID == co.ReservationID {
 		t.Fatalf("second checkout %+v", co2)
 	}
+	// Its reservation confirmed directly, not through the checkout: the
+	// cart was ordered, and a new checkout is refused.
+	h.pools.res[co2.ReservationID-1].state = allocator.StateConfirmed
+	cart = h.cart(c)
+	if r := h.fail(Command{Kind: KindCheckout, Cart: c, ExpectedVersion: cart.Version}, allocator.InvalidState); !strings.Contains(r.Err.Message, "ordered") {
+		t.Fatalf("after a direct confirm: %v", r.Err)
+	}
 }
 
 func TestPartialCheckout(t *testing.T) {

@@ -38,9 +38,9 @@ type Pools interface {
 	Reserve(buyer string, lines []allocator.LineRequest, ttlMs int64, partial bool) allocator.Result
 	// Confirm confirms a reservation.
 	Confirm(reservation uint64) allocator.Result
-	// Holding reports whether a reservation is active: its units are
-	// still held for its buyer.
-	Holding(reservation uint64) bool
+	// ReservationState reports a reservation's state, and false when the
+	// allocator no longer knows it.
+	ReservationState(reservation uint64) (allocator.ReservationState, bool)
 }
 
 // Prefix is the first byte of every cart key; the engine hands the cart

@@ -142,9 +142,12 @@ func (p pools) Reserve(buyer string, lines []allocator.LineRequest, ttlMs int64,
 	return p.a.ApplyCommands([]allocator.Command{c}, nil)[0]
 }
 
-func (p pools) Holding(id uint64) bool {
+func (p pools) ReservationState(id uint64) (allocator.ReservationState, bool) {
 	v, err := p.a.Reservation(id)
-	return err == nil && v.State == allocator.StateActive
+	if err != nil {
+		return 0, false
+	}
+	return v.State, true
 }
 
 func (p pools) Confirm(id uint64) allocator.Result {
