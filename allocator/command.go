@@ -22,6 +22,7 @@ const (
 	KindExtend
 	KindTick
 	KindRefusals
+	KindSetClock
 )
 
 // MaxKind is the highest command kind owned by the allocator.
@@ -49,7 +50,7 @@ type Command struct {
 
 	Pool   string     // PutPool, AdjustPool
 	Config PoolConfig // PutPool
-	Delta  int64      // AdjustPool
+	Delta  int64      // AdjustPool; SetClock: the clock to move to, in ms
 
 	Reservation uint64 // Confirm, Release, Extend
 	TTLMs       int64  // Reserve: 0 means the pools' default; Extend: required
@@ -126,6 +127,8 @@ func (c *Command) AppendEncode(dst []byte) []byte {
 	case KindExtend:
 		dst = binary.AppendUvarint(dst, c.Reservation)
 		dst = binary.AppendVarint(dst, c.TTLMs)
+	case KindSetClock:
+		dst = binary.AppendVarint(dst, c.Delta)
 	case KindRefusals:
 		dst = binary.AppendUvarint(dst, uint64(len(c.Refusals)))
 		for i := range c.Refusals {
@@ -201,6 +204,12 @@ func DecodeCommand(b []byte) (Command, error) {
 	case KindExtend:
 		c.Reservation = d.Uvarint()
 		c.TTLMs = d.Varint()
+	case KindSetClock:
+		if flags != 0 {
+			d.Fail("flags on a set-clock command")
+			break
+		}
+		c.Delta = d.Varint()
 	case KindRefusals:
 		if flags != 0 {
 			d.Fail("flags on a refusals command") // its refusals carry their own keys

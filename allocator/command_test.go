@@ -39,6 +39,7 @@ func sampleCommands() []Command {
 		{Kind: KindExtend, Reservation: 1 << 63, TTLMs: math.MinInt64},
 		{Kind: KindTick},
 		{Kind: KindTick, Partial: true, Wait: true},
+		{Kind: KindSetClock, Delta: 1_800_000_000_000},
 		{Kind: KindRefusals, Refusals: []Refusal{
 			{Err: &Error{Code: SoldOut, Message: refusalMessage(SoldOut), Lines: []LineView{{Pool: "a", Qty: 1, State: LineSoldOut}}}},
 			{IdemKey: "k-1", ReqHash: hash, Err: &Error{Code: BuyerLimit, Message: refusalMessage(BuyerLimit),
@@ -48,8 +49,8 @@ func sampleCommands() []Command {
 	var out []Command
 	for _, c := range base {
 		out = append(out, c)
-		if c.Kind == KindRefusals {
-			continue // its refusals carry their keys; the command takes none
+		if c.Kind == KindRefusals || c.Kind == KindSetClock {
+			continue // neither takes a key: refusals carry their own
 		}
 		c.IdemKey, c.ReqHash = "idem:"+kindName(c.Kind), hash
 		out = append(out, c)
@@ -60,7 +61,7 @@ func sampleCommands() []Command {
 }
 
 func kindName(k Kind) string {
-	return [...]string{"?", "put", "adjust", "reserve", "confirm", "release", "extend", "tick", "refusals"}[k]
+	return [...]string{"?", "put", "adjust", "reserve", "confirm", "release", "extend", "tick", "refusals", "setclock"}[k]
 }
 
 func TestCommandRoundTrip(t *testing.T) {
@@ -88,7 +89,7 @@ func TestCommandRoundTrip(t *testing.T) {
 			t.Fatalf("%v: decoded command changed with its input", kindName(c.Kind))
 		}
 	}
-	for k := KindPutPool; k <= KindRefusals; k++ {
+	for k := KindPutPool; k <= KindSetClock; k++ {
 		if !kinds[k] {
 			t.Fatalf("no sample of kind %d", k)
 		}
@@ -97,7 +98,7 @@ func TestCommandRoundTrip(t *testing.T) {
 
 // TestCommandKindNumbers pins the log format's kind numbers.
 func TestCommandKindNumbers(t *testing.T) {
-	want := map[Kind]byte{KindPutPool: 1, KindAdjustPool: 2, KindReserve: 3, KindConfirm: 4, KindRelease: 5, KindExtend: 6, KindTick: 7, KindRefusals: 8}
+	want := map[Kind]byte{KindPutPool: 1, KindAdjustPool: 2, KindReserve: 3, KindConfirm: 4, KindRelease: 5, KindExtend: 6, KindTick: 7, KindRefusals: 8, KindSetClock: 9}
 	for k, b := range want {
 		if byte(k) != b {
 			t.Errorf("kind %s = %d, want %d", kindName(k), k, b)
@@ -183,7 +184,7 @@ func checkDecode(t *testing.T, data []byte) {
 		}
 		return
 	}
-	if c.Kind < KindPutPool || c.Kind > KindRefusals {
+	if c.Kind < KindPutPool || c.Kind > KindSetClock {
 		t.Fatalf("decoded unknown kind %d", c.Kind)
 	}
 	if len(c.IdemKey) > MaxIDLen || len(c.Pool) > MaxIDLen || len(c.Buyer) > MaxIDLen || len(c.Lines) > MaxLines {

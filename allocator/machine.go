@@ -231,6 +231,19 @@ func (m *Machine) advance(nowMs int64) {
 	clear(m.tableScratch)
 }
 
+// setClock moves the clock forward to clockMs in one step, past the
+// per-entry step bound: a cluster restored from a backup resumes at the
+// time of the restore, so holds that expired in real time since the backup
+// expire now (their reclaim starts here and goes on with the next
+// entries). It never moves the clock back.
+func (m *Machine) setClock(clockMs int64) Result {
+	if clockMs > m.clockMs {
+		m.clockMs = clockMs
+		m.advance(clockMs) // reclaims what fell due, within the entry's budget
+	}
+	return Result{}
+}
+
 func (m *Machine) applyOne(c *Command) Result {
 	if c.Kind == KindTick {
 		return Result{}
@@ -268,6 +281,8 @@ func (m *Machine) dispatch(c *Command) Result {
 		return m.extend(c.Reservation, c.TTLMs)
 	case KindRefusals:
 		return m.recordRefusals(c.Refusals)
+	case KindSetClock:
+		return m.setClock(c.Delta)
 	}
 	return Result{Err: errorf(InvalidArgument, "unknown command kind %d", c.Kind)}
 }

@@ -88,6 +88,27 @@ func wantStats(t *testing.T, got, want PoolStats) {
 	}
 }
 
+// TestSetClock: the clock jumps forward in one entry, past the step
+// bound, holds past their time expire, and it never goes back.
+func TestSetClock(t *testing.T) {
+	r := newRig(t, Config{}) // the default step bound: 1 s per entry
+	r.put("p", poolCfg(5, 60_000, 120_000, 0))
+	id := r.hold("a", ln("p", 2))
+	r.at(10) // an hour later by the wall clock, a minute-long hold long gone
+	r.ok(Command{Kind: KindSetClock, Delta: t0 + 3_600_000})
+	if got := r.m.ClockMs(); got != t0+3_600_000 {
+		t.Fatalf("clock %d after the jump", got)
+	}
+	if v := r.resv(id); v.State != StateExpired {
+		t.Fatalf("hold %v after the clock passed its expiry", v.State)
+	}
+	r.wantPool("p", 0, 0)
+	r.ok(Command{Kind: KindSetClock, Delta: t0})
+	if got := r.m.ClockMs(); got != t0+3_600_000 {
+		t.Fatalf("clock went back to %d", got)
+	}
+}
+
 // TestRestoreVersion3: a snapshot written before per-pool stats existed
 // (testdata/snapshot-v3.bin, by commit a2dbb86: pools a and w, a
 // confirmed hold, a release whose unit went to the waitlist, idempotency

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -347,6 +348,30 @@ func RestoreBackup(cfg Config, r io.Reader) (BackupHeader, error) {
 	if err != nil {
 		return hdr, fmt.Errorf("raftstore: %w", err)
 	}
+	// Marks the restore until its cluster has moved its clock to the time
+	// of the restore (see RestorePending).
+	if err := os.WriteFile(filepath.Join(cfg.DataDir, restoreMarker), nil, 0o644); err != nil {
+		return hdr, fmt.Errorf("raftstore: %w", err)
+	}
 	ok = true
 	return hdr, nil
+}
+
+// restoreMarker is the file RestoreBackup leaves in the data directory.
+const restoreMarker = "RESTORED"
+
+// RestorePending reports whether dataDir was restored from a backup and
+// its cluster's clock has not yet been moved to the time of the restore
+// (ClearRestorePending), so a node restarted before that still does it.
+func RestorePending(dataDir string) bool {
+	_, err := os.Stat(filepath.Join(dataDir, restoreMarker))
+	return err == nil
+}
+
+// ClearRestorePending removes the mark RestoreBackup left in dataDir.
+func ClearRestorePending(dataDir string) error {
+	if err := os.Remove(filepath.Join(dataDir, restoreMarker)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("raftstore: %w", err)
+	}
+	return nil
 }

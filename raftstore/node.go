@@ -328,9 +328,20 @@ const catchUpPerMille = 10
 // with its wall clock for an hour and then sees it jump forward must not
 // spend an hour's 1% at once (that expired short holds immediately).
 func (n *Node) NowMs() int64 {
+	var smMs int64
+	if n.sm != nil {
+		smMs = n.sm.ClockMs()
+	}
 	n.clockMu.Lock()
 	elapsed := time.Since(n.clockBase).Milliseconds()
 	now := n.baseMs + elapsed
+	if smMs > now {
+		// The state machine's clock was moved past cluster time by a
+		// command (a restored cluster adopting the time of its restore):
+		// cluster time continues from there.
+		n.baseMs, n.clockBase, n.seenMs, n.creditUs = smMs, time.Now(), 0, 0
+		elapsed, now = 0, smMs
+	}
 	if gap := n.wallMs() - now; gap > 0 {
 		n.creditUs += (elapsed - n.seenMs) * catchUpPerMille
 		if step := min(gap, n.creditUs/1000); step > 0 {

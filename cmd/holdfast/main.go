@@ -182,6 +182,10 @@ func serve(args []string, stderr io.Writer) int {
 			node.Close()
 		}
 	}()
+	if raftstore.RestorePending(*dataDir) { // this start's --restore, or one before it
+		offset := *clockOffset
+		go adoptRestoreClock(debugCtx, node, machine, *dataDir, func() int64 { return time.Now().Add(offset).UnixMilli() }, log)
+	}
 
 	ln, err := net.Listen("tcp", *httpAddr)
 	if err != nil {

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/holdfast/holdfast/ctl"
+	"github.com/holdfast/holdfast/raftstore"
 )
 
 // TestMain lets the tests run real holdfast processes without building
@@ -558,5 +559,45 @@ func TestRestoreThreeNodes(t *testing.T) {
 		if a.body["held"].(float64) != 11 {
 			t.Fatalf("pool on %s: %s", p.id, a.raw)
 		}
+	}
+}
+
+// TestRestoreResumesAtRestoreTime: a backup taken on a cluster whose time
+// was two hours behind (its leader's clock was) restores into a cluster
+// that runs at the time of the restore: a one-hour hold that was active in
+// the backup has expired in real time, and expires; pool reads are stamped
+// now, not two hours ago.
+func TestRestoreResumesAtRestoreTime(t *testing.T) {
+	src := startProc(t, "n1", t.TempDir(), "--debug-clock-offset", "-2h")
+	opMustCall(t, "PUT", src.url("/v1/pools/p"), `{"on_hand": 10, "hold_ttl_ms": 3600000, "max_hold_ttl_ms": 3600000}`, 201)
+	hold := opMustCall(t, "POST", src.url("/v1/reservations"), `{"buyer":"u","lines":[{"pool":"p","qty":3}]}`, 201)
+	id := hold.body["id"].(string)
+	file := filepath.Join(t.TempDir(), "old.backup")
+	var out, errOut bytes.Buffer
+	if code := ctl.Main([]string{"--addr", src.url(""), "backup", file}, &out, &errOut); code != 0 {
+		t.Fatalf("ctl backup: %d %s", code, errOut.String())
+	}
+	dst := startProc(t, "r1", t.TempDir(), "--restore", file)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		r := opMustCall(t, "GET", dst.url("/v1/reservations/"+id), "", 200)
+		p := opMustCall(t, "GET", dst.url("/v1/pools/p"), "", 200)
+		asOf, _ := time.Parse(time.RFC3339, p.body["as_of"].(string))
+		if r.body["state"] == "expired" && p.body["held"] == 0.0 && time.Since(asOf).Abs() < time.Minute {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("restored cluster: hold %v, pool held %v as of %v (now %v)\n%s", r.body["state"], p.body["held"], asOf, time.Now().UTC(), dst.logs())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if !strings.Contains(dst.logs(), "resumes at the time of the restore") {
+		t.Fatalf("no log line for the clock jump:\n%s", dst.logs())
+	}
+	for raftstore.RestorePending(dst.dir) { // cleared once done: a restart does not jump again
+		if time.Now().After(deadline) {
+			t.Fatal("the restore mark was not cleared")
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
