@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 	"sync/atomic"
 
 	"github.com/holdfast/holdfast/allocator"
@@ -38,7 +39,22 @@ type Machine struct {
 
 	cmds    []allocator.Command // scratch, reused across entries
 	results []allocator.Result
+
+	// The cart layer's next deadline, for NextDeadlineMs: reading it scans
+	// three key ranges of the store (which after a large sweep may hold
+	// many deletion tombstones until compaction), and the leader asks every
+	// few milliseconds. It is reread when a cart command was applied, and
+	// otherwise every cartDueRefresh calls: a stale value only moves a tick.
+	dueMu    sync.Mutex
+	dueCalls int
+	cartDue  int64
+	cartHas  bool
+	cartsRan atomic.Bool
 }
+
+// cartDueRefresh is how many NextDeadlineMs calls reuse the cart layer's
+// next deadline (about 100 ms of a leader's 5 ms tick checks).
+const cartDueRefresh = 20
 
 // New returns an empty Machine.
 func New(cfg Config) *Machine {
@@ -76,8 +92,10 @@ func (m *Machine) Apply(nowMs int64, cmds [][]byte) []any {
 		b = m.kv.Batch()
 		defer b.Close()
 	}
+	ranCarts := false
 	for i := 0; i < len(cmds); {
 		if isCart(cmds[i]) {
+			ranCarts = true
 			out[i] = m.applyCart(b, clockMs, cmds[i])
 			i++
 			continue
@@ -106,6 +124,9 @@ func (m *Machine) Apply(nowMs int64, cmds [][]byte) []any {
 			// replica stops rather than diverge (NOTES: raft FSM).
 			panic(fmt.Sprintf("engine: keyspace write failed: %v", err))
 		}
+	}
+	if ranCarts {
+		m.cartsRan.Store(true) // after the commit: the next read sees it
 	}
 	return out
 }
@@ -189,7 +210,14 @@ func (m *Machine) NextDeadlineMs() (int64, bool) {
 	if m.kv == nil || m.restoring.Load() {
 		return next, ok
 	}
-	if due, has := cart.NextDueMs(readOnly{m.kv}); has && (!ok || due < next) {
+	m.dueMu.Lock()
+	if m.cartsRan.Swap(false) || m.dueCalls%cartDueRefresh == 0 {
+		m.cartDue, m.cartHas = cart.NextDueMs(readOnly{m.kv})
+	}
+	m.dueCalls++
+	due, has := m.cartDue, m.cartHas
+	m.dueMu.Unlock()
+	if has && (!ok || due < next) {
 		next, ok = due, true
 	}
 	return next, ok
