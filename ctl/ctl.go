@@ -40,12 +40,13 @@ const Usage = `holdfast ctl [--addr URL] [--token T] [--json] COMMAND
   backup FILE                         a consistent backup of the whole state
   restore FILE [--data DIR --id ID --raft HOST:PORT [--peers id=host:port,...]]
                                       verify FILE; with --data, prepare an empty data directory from it
-Environment: HOLDFAST_ADDR (default http://127.0.0.1:8080), HOLDFAST_TOKEN (bearer token),
+` + TokenUsage + `Environment: HOLDFAST_ADDR (default http://127.0.0.1:8080), HOLDFAST_TOKEN (bearer token),
 HOLDFAST_CA (PEM file trusted for https).
 `
 
 // env is what Main reads from the environment; tests pass their own.
 type env struct {
+	stdin          io.Reader
 	stdout, stderr io.Writer
 	getenv         func(string) string
 }
@@ -53,7 +54,7 @@ type env struct {
 // Main runs holdfast ctl with args (after "ctl") and returns the exit
 // code: 0 success, 1 the call failed, 2 bad usage.
 func Main(args []string, stdout, stderr io.Writer) int {
-	return run(args, env{stdout: stdout, stderr: stderr, getenv: os.Getenv})
+	return run(args, env{stdin: os.Stdin, stdout: stdout, stderr: stderr, getenv: os.Getenv})
 }
 
 // usageError is a command line mistake: exit code 2.
@@ -67,6 +68,7 @@ type cmdCtx struct {
 	ctx    context.Context
 	c      *Client
 	json   bool
+	in     io.Reader // token hash reads the token here
 	out    io.Writer
 	stderr io.Writer
 }
@@ -106,7 +108,7 @@ func run(args []string, e env) int {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	cc := &cmdCtx{ctx: ctx, c: c, json: *asJSON, out: e.stdout, stderr: e.stderr}
+	cc := &cmdCtx{ctx: ctx, c: c, json: *asJSON, in: e.stdin, out: e.stdout, stderr: e.stderr}
 	err = cc.dispatch(g.Args())
 	var ue usageError
 	switch {
@@ -129,6 +131,8 @@ func (cc *cmdCtx) dispatch(args []string) error {
 		return ""
 	}
 	switch sub(0) + " " + sub(1) {
+	case "token new", "token hash":
+		return tokenCmd(args[1:], cc.in, cc.out)
 	case "pools list":
 		return cc.poolsList(args[2:])
 	case "pools show":

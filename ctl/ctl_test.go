@@ -301,3 +301,29 @@ func TestCtlHTTPS(t *testing.T) {
 		t.Fatalf("help: %d %s", code, out)
 	}
 }
+
+// TestCtlTokenCommands: token new prints a fresh token, token hash turns it
+// (on stdin) into an --auth-file line the server's parser accepts; neither
+// needs a server.
+func TestCtlTokenCommands(t *testing.T) {
+	tok, errOut, code := ctlRun(t, nil, "token", "new")
+	tok = strings.TrimSpace(tok)
+	if code != 0 || len(tok) < 32 {
+		t.Fatalf("token new: %d %q %s", code, tok, errOut)
+	}
+	if again, _, _ := ctlRun(t, nil, "token", "new"); strings.TrimSpace(again) == tok {
+		t.Fatal("token new printed the same token twice")
+	}
+	var out, stderr bytes.Buffer
+	code = run([]string{"token", "hash", "checkout", "checkout-svc"}, env{stdin: strings.NewReader(tok + "\n"), stdout: &out, stderr: &stderr, getenv: func(string) string { return "" }})
+	line := out.String()
+	if code != 0 || !strings.HasPrefix(line, "checkout checkout-svc sha256:") || strings.Contains(line, tok) {
+		t.Fatalf("token hash: %d %q %s", code, line, stderr.String())
+	}
+	if _, err := auth.Parse(strings.NewReader(line)); err != nil {
+		t.Fatalf("the line does not parse: %v", err)
+	}
+	if _, _, code := ctlRun(t, nil, "token", "hash", "king", "x"); code != 2 {
+		t.Fatalf("a bad role: exit %d, want 2", code)
+	}
+}
