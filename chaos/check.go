@@ -335,8 +335,9 @@ func (w *Workload) checkNode(checks *Checks, node string, res map[uint64]finalRe
 	// retries reused it, so a buyer has exactly as many reservations as
 	// it had acknowledged reserves (plus at most its unknown ones).
 	dup := []string{}
+	unknown := w.unknownReserves()
 	for k, n := range count {
-		if acked := w.Acked.ReservesByBuyer[k]; n > acked+w.unknownReserves(k) {
+		if acked := w.Acked.ReservesByBuyer[k]; n > acked+unknown[k] {
 			dup = append(dup, fmt.Sprintf("%s: %d reservations for %d acknowledged reserves", k, n, acked))
 		}
 	}
@@ -344,17 +345,16 @@ func (w *Workload) checkNode(checks *Checks, node string, res map[uint64]finalRe
 	checks.Add("a retried request never reserves twice ("+node+")", len(dup) == 0, "%s", strings.Join(first3(dup), "; "))
 }
 
-// unknownReserves counts reserve operations of pool|buyer whose outcome
-// stayed unknown.
-func (w *Workload) unknownReserves(k string) int {
-	pool, buyer, _ := strings.Cut(k, "|")
-	n := 0
+// unknownReserves counts, per pool|buyer, the reserve operations whose
+// outcome stayed unknown.
+func (w *Workload) unknownReserves() map[string]int {
+	n := map[string]int{}
 	w.histMu.Lock()
 	defer w.histMu.Unlock()
 	for _, op := range w.history {
 		in, out := op.Input.(opInput), op.Output.(opOutput)
-		if in.Kind == opReserve && in.Pool == pool && in.Buyer == buyer && out.Unknown {
-			n++
+		if in.Kind == opReserve && out.Unknown {
+			n[in.Pool+"|"+in.Buyer]++
 		}
 	}
 	return n
