@@ -51,18 +51,31 @@ func (c *Cluster) StateHashes(timeout time.Duration) (string, error) {
 	deadline := time.Now().Add(timeout)
 	var last string
 	for time.Now().Before(deadline) {
-		var sts []*Status
+		// Ask every node at once: each hashes the state at the index it
+		// has when the request arrives (applies pause meanwhile), and
+		// entries keep coming (ticks), so only simultaneous asks meet at
+		// one index once hashing takes longer than the gap between entries.
+		var running []int
 		for i := range c.Nodes {
-			if !c.Running(i) {
-				continue
+			if c.Running(i) {
+				running = append(running, i)
 			}
-			st, err := c.Status(i, true)
-			if err != nil || st.StateHash == nil {
-				last = fmt.Sprintf("%s: no state hash (%v)", c.Nodes[i].ID, err)
+		}
+		answers := make([]*Status, len(running))
+		errs := make([]error, len(running))
+		var wg sync.WaitGroup
+		for k, i := range running {
+			wg.Go(func() { answers[k], errs[k] = c.Status(i, true) })
+		}
+		wg.Wait()
+		var sts []*Status
+		for k, i := range running {
+			if errs[k] != nil || answers[k].StateHash == nil {
+				last = fmt.Sprintf("%s: no state hash (%v)", c.Nodes[i].ID, errs[k])
 				sts = nil
 				break
 			}
-			sts = append(sts, st)
+			sts = append(sts, answers[k])
 		}
 		if len(sts) > 0 {
 			same := true

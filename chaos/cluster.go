@@ -515,13 +515,21 @@ type Status struct {
 
 var obsClient = &http.Client{Timeout: 3 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 4}}
 
+// hashClient waits longer: a state hash encodes the whole allocator state
+// (seconds after a 30-minute run on a loaded 2-core machine).
+var hashClient = &http.Client{Timeout: 60 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 4}}
+
 // Status asks node i directly (not through its client proxy).
 func (c *Cluster) Status(i int, withHash bool) (*Status, error) {
 	url := "http://" + c.Nodes[i].HTTPAddr + "/v1/cluster"
 	if withHash {
 		url += "?state_hash=1"
 	}
-	resp, err := obsClient.Get(url)
+	client := obsClient
+	if withHash {
+		client = hashClient
+	}
+	resp, err := client.Get(url)
 	if err != nil {
 		return nil, err
 	}

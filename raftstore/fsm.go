@@ -121,6 +121,7 @@ type fsm struct {
 	members map[string]string
 
 	applied  atomic.Uint64
+	applyMu  sync.Mutex // held while a batch applies (Node.Consistent)
 	notifyMu sync.Mutex
 	notify   chan struct{} // closed and replaced after every applied batch
 
@@ -145,6 +146,8 @@ func (f *fsm) Apply(l *raft.Log) any { return f.ApplyBatch([]*raft.Log{l})[0] }
 
 // ApplyBatch implements raft.BatchingFSM.
 func (f *fsm) ApplyBatch(logs []*raft.Log) []any {
+	f.applyMu.Lock()
+	defer f.applyMu.Unlock()
 	out := make([]any, len(logs))
 	cmds := 0
 	for i, l := range logs {

@@ -635,6 +635,16 @@ func (n *Node) ReadBarrier(ctx context.Context) error {
 	return nil
 }
 
+// Consistent runs read with this node's applies paused, passing the index
+// of the last applied entry: what read sees of the state machine is
+// exactly the state at that index. Applies wait while read runs, so keep
+// it for diagnostics (the state hash the fault suite compares).
+func (n *Node) Consistent(read func(appliedIndex uint64)) {
+	n.fsm.applyMu.Lock()
+	defer n.fsm.applyMu.Unlock()
+	read(n.fsm.applied.Load())
+}
+
 // verifier coalesces VerifyLeader calls: a caller joins the next round to
 // start, never one already running (which may predate its read).
 type verifier struct {
