@@ -59,6 +59,11 @@ func (f *refusals) try(ctx context.Context, c *allocator.Command) (res allocator
 	if full {
 		return allocator.Result{}, false, nil
 	}
+	// A request the current state would grant goes straight to the log:
+	// the read barrier below is only worth paying for a likely refusal.
+	if _, fresh, ok := f.alloc.Precheck(c, f.node.NowMs()); !ok || !fresh {
+		return allocator.Result{}, false, nil
+	}
 	if err := f.node.ReadBarrier(ctx); err != nil {
 		if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
 			return allocator.Result{}, false, err

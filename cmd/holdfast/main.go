@@ -11,7 +11,6 @@ import (
 	"net"
 	"os"
 	"os/signal"
-	"strings"
 	"syscall"
 	"time"
 
@@ -76,30 +75,6 @@ func benchTargets() bench.Registry {
 	return reg
 }
 
-// parsePeers parses "n1=host:port,n2=host:port".
-func parsePeers(s string) ([]raftstore.Peer, error) {
-	if s == "" {
-		return nil, nil
-	}
-	var peers []raftstore.Peer
-	seen := map[string]bool{}
-	for _, part := range strings.Split(s, ",") {
-		id, addr, ok := strings.Cut(strings.TrimSpace(part), "=")
-		if !ok || id == "" || addr == "" {
-			return nil, fmt.Errorf("bad peer %q: want id=host:port", part)
-		}
-		if _, _, err := net.SplitHostPort(addr); err != nil {
-			return nil, fmt.Errorf("bad peer address %q: %w", addr, err)
-		}
-		if seen[id] {
-			return nil, fmt.Errorf("peer %q listed twice", id)
-		}
-		seen[id] = true
-		peers = append(peers, raftstore.Peer{ID: id, Addr: addr})
-	}
-	return peers, nil
-}
-
 func serve(args []string, stderr io.Writer) int {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -131,7 +106,7 @@ func serve(args []string, stderr io.Writer) int {
 		return 2
 	}
 	defer sec.reloadOnSIGHUP(log)()
-	peers, err := parsePeers(*peersFlag)
+	peers, err := ctl.ParsePeers(*peersFlag)
 	if err != nil {
 		fmt.Fprintln(stderr, "holdfast: --peers:", err)
 		return 2
