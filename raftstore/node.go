@@ -267,9 +267,10 @@ func Open(cfg Config, sm StateMachine) (*Node, error) {
 	if err != nil {
 		return nil, fmt.Errorf("raftstore: %w", err)
 	}
-	// Heartbeats go through raft's main loop: the transport's fast path is
-	// exposed to hashicorp/raft#695 (replicas can diverge after a partition
-	// heals). See noFastPath.
+	// Heartbeats go through raft's main loop (the transport's fast path is
+	// exposed to hashicorp/raft#695: replicas can diverge after a partition
+	// heals) and replication is not pipelined (hashicorp/raft#612). See
+	// noFastPath.
 	n.raft, err = raft.NewRaft(rc, loggedFSM{n.fsm, n.log}, logs, store, snaps, noFastPath{n.trans})
 	if err != nil {
 		return nil, fmt.Errorf("raftstore: %w", err)
@@ -300,13 +301,31 @@ func Open(cfg Config, sm StateMachine) (*Node, error) {
 	return n, nil
 }
 
-// noFastPath hides the TCP transport's heartbeat fast path from raft, so
-// heartbeats are handled by raft's main loop like every other RPC. The fast
-// path bypasses the term checks of the main loop (hashicorp/raft#695).
+// noFastPath hides two of the TCP transport's optimizations from raft:
+//
+//   - the heartbeat fast path, so heartbeats are handled by raft's main loop
+//     like every other RPC: the fast path bypasses the main loop's term
+//     checks (hashicorp/raft#695);
+//   - pipelined AppendEntries. When a follower answers Success=false (its
+//     log store failed, e.g. a full disk) raft's pipeline decoder returns
+//     while the sender can still park on the pipeline's in-flight channel,
+//     and nothing closes it: replication to that follower stops for the
+//     rest of the leader's term while heartbeats go on, so the follower
+//     never times out, never catches up and, after a restart, never
+//     applies anything (hashicorp/raft#612, grafana/pyroscope#5518; the
+//     chaos suite hit it). Without the pipeline raft replicates with one
+//     AppendEntries in flight per follower, carrying every entry waiting
+//     (up to MaxAppendEntries), which group commit keeps large anyway.
 type noFastPath struct{ *raft.NetworkTransport }
 
 // SetHeartbeatHandler is deliberately a no-op.
 func (noFastPath) SetHeartbeatHandler(func(raft.RPC)) {}
+
+// AppendEntriesPipeline is deliberately unsupported; raft falls back to
+// synchronous AppendEntries.
+func (noFastPath) AppendEntriesPipeline(raft.ServerID, raft.ServerAddress) (raft.AppendPipeline, error) {
+	return nil, raft.ErrPipelineReplicationNotSupported
+}
 
 // ID is this node's id.
 func (n *Node) ID() string { return n.cfg.ID }
