@@ -38,6 +38,7 @@ const Usage = `holdfast ctl [--addr URL] [--token T] [--json] COMMAND
   cluster remove ID
   cluster transfer-leader [ID]
   backup FILE                         a consistent backup of the whole state
+                                      (FILE "-": to standard output, the summary to stderr)
   restore FILE [--data DIR --id ID --raft HOST:PORT [--peers id=host:port,...]]
                                       verify FILE; with --data, prepare an empty data directory from it
 ` + TokenUsage + `Environment: HOLDFAST_ADDR (default http://127.0.0.1:8080), HOLDFAST_TOKEN (bearer token),
@@ -652,6 +653,9 @@ func (cc *cmdCtx) backup(args []string) error {
 		return usagef("backup FILE")
 	}
 	file := args[0]
+	if file == "-" {
+		return cc.backupStdout()
+	}
 	// Written beside FILE, checked, then renamed: FILE is either a whole,
 	// verified backup or absent.
 	tmp, err := os.CreateTemp(filepath.Dir(file), filepath.Base(file)+".partial-*")
@@ -683,6 +687,44 @@ func (cc *cmdCtx) backup(args []string) error {
 		return err
 	}
 	return cc.printHeader(file, h)
+}
+
+// backupStdout streams the backup to standard output (for a pipe into
+// compression or object storage) while a second reader verifies the same
+// bytes; the summary goes to stderr so it never mixes with the data. A
+// stream that does not verify has already been written, so the failure is
+// the exit status, as with any pipe producer.
+func (cc *cmdCtx) backupStdout() error {
+	ctx, cancel := context.WithTimeout(cc.ctx, time.Hour)
+	defer cancel()
+	pr, pw := io.Pipe()
+	type verdict struct {
+		h   raftstore.BackupHeader
+		err error
+	}
+	done := make(chan verdict, 1)
+	go func() {
+		h, err := raftstore.VerifyBackup(pr)
+		// Drain so a verifier that stopped early never blocks the copy.
+		_, _ = io.Copy(io.Discard, pr)
+		done <- verdict{h, err}
+	}()
+	bw := bufio.NewWriterSize(cc.out, 1<<20)
+	_, err := cc.c.Backup(ctx, io.MultiWriter(bw, pw))
+	if err == nil {
+		err = bw.Flush()
+	}
+	pw.CloseWithError(err) // nil: the verifier sees EOF
+	v := <-done
+	if err != nil {
+		return err
+	}
+	if v.err != nil {
+		return fmt.Errorf("the backup written does not verify: %w", v.err)
+	}
+	errCC := *cc
+	errCC.out = cc.stderr
+	return errCC.printHeader("-", v.h)
 }
 
 func verifyFile(name string) (raftstore.BackupHeader, error) {

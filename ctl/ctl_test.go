@@ -241,6 +241,14 @@ func TestCtlBackupRestore(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &h); err != nil || h.LastIndex == 0 || h.Format != raftstore.BackupFormat {
 		t.Fatalf("restore --json: %v\n%s", err, out)
 	}
+	// "-": the same bytes on stdout, verified; the summary on stderr.
+	stream, summary, code := ctlRun(t, e, "backup", "-")
+	if code != 0 || !regexpLine(summary, "file", "-") {
+		t.Fatalf("backup -: exit %d\n%s", code, summary)
+	}
+	if h, err := raftstore.VerifyBackup(strings.NewReader(stream)); err != nil || h.LastIndex == 0 {
+		t.Fatalf("backup - wrote %d bytes that do not verify: %v", len(stream), err)
+	}
 	// Damaged: refused, exit 1.
 	b, _ := os.ReadFile(file)
 	b[len(b)-1] ^= 1
