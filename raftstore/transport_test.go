@@ -52,3 +52,22 @@ func TestHeartbeatsGoThroughTheMainLoop(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestReplicationIsNotPipelined: the wrapped transport refuses pipelined
+// AppendEntries, so raft replicates with one RPC in flight per follower
+// (hashicorp/raft#612; TestFollowerCatchesUpAfterFailedAppend shows why).
+func TestReplicationIsNotPipelined(t *testing.T) {
+	tr, err := raft.NewTCPTransportWithLogger("127.0.0.1:0", nil, 2, time.Second, hclog.New(&hclog.LoggerOptions{Output: io.Discard}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	bare, err := tr.AppendEntriesPipeline("peer", tr.LocalAddr())
+	if err != nil {
+		t.Fatalf("the bare transport does not pipeline (the wrapper hides nothing): %v", err)
+	}
+	bare.Close()
+	if p, err := (noFastPath{tr}).AppendEntriesPipeline("peer", tr.LocalAddr()); err != raft.ErrPipelineReplicationNotSupported {
+		t.Fatalf("wrapped: pipeline %v, err %v; want raft.ErrPipelineReplicationNotSupported", p, err)
+	}
+}
