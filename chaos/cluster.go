@@ -622,29 +622,30 @@ func (c *Cluster) WaitReady(i int, timeout time.Duration) error {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	// Leave what is needed to tell why: every node's view of the cluster,
-	// and the stuck node's goroutines (SIGQUIT: Go writes them to stderr,
-	// which is its log, and exits).
-	var views []string
+	// Leave what is needed to tell why: every node's view of the cluster
+	// (asked at once), and the stuck node's goroutines (SIGUSR1: serve
+	// writes them to its log and keeps running, so later checks still see
+	// the node as it is).
+	views := make([]string, len(c.Nodes))
+	var wg sync.WaitGroup
 	for j := range c.Nodes {
-		if st, err := c.Status(j, false); err == nil {
-			views = append(views, fmt.Sprintf("%s: %s leader=%q commit=%d applied=%d last=%d",
-				c.Nodes[j].ID, st.State, st.Leader, st.CommitIndex, st.AppliedIndex, st.LastIndex))
-		} else {
-			views = append(views, fmt.Sprintf("%s: %v", c.Nodes[j].ID, err))
-		}
+		wg.Go(func() {
+			if st, err := c.Status(j, false); err == nil {
+				views[j] = fmt.Sprintf("%s: %s leader=%q commit=%d applied=%d last=%d",
+					c.Nodes[j].ID, st.State, st.Leader, st.CommitIndex, st.AppliedIndex, st.LastIndex)
+			} else {
+				views[j] = fmt.Sprintf("%s: %v", c.Nodes[j].ID, err)
+			}
+		})
 	}
+	wg.Wait()
 	nd.mu.Lock()
-	cmd, exited := nd.cmd, nd.exited
+	cmd := nd.cmd
 	nd.mu.Unlock()
 	if cmd != nil {
-		_ = cmd.Process.Signal(syscall.SIGQUIT)
-		select {
-		case <-exited:
-		case <-time.After(5 * time.Second):
-		}
+		_ = cmd.Process.Signal(syscall.SIGUSR1)
 	}
-	return fmt.Errorf("%s not ready within %s (goroutine dump at the end of its log %s); nodes: %s",
+	return fmt.Errorf("%s not ready within %s (goroutine dump in its log %s); nodes: %s",
 		nd.ID, timeout, nd.LogPath, strings.Join(views, "; "))
 }
 

@@ -705,8 +705,12 @@ func (cc *cmdCtx) backupStdout() error {
 	done := make(chan verdict, 1)
 	go func() {
 		h, err := raftstore.VerifyBackup(pr)
-		// Drain so a verifier that stopped early never blocks the copy.
-		_, _ = io.Copy(io.Discard, pr)
+		if err != nil {
+			// Fail the copy's next write: no use downloading the rest.
+			pr.CloseWithError(err)
+		} else {
+			_, _ = io.Copy(io.Discard, pr) // nothing more is expected; never block the copy
+		}
 		done <- verdict{h, err}
 	}()
 	bw := bufio.NewWriterSize(cc.out, 1<<20)
@@ -716,11 +720,11 @@ func (cc *cmdCtx) backupStdout() error {
 	}
 	pw.CloseWithError(err) // nil: the verifier sees EOF
 	v := <-done
-	if err != nil {
-		return err
-	}
 	if v.err != nil {
 		return fmt.Errorf("the backup written does not verify: %w", v.err)
+	}
+	if err != nil {
+		return err
 	}
 	errCC := *cc
 	errCC.out = cc.stderr

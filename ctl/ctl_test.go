@@ -249,6 +249,19 @@ func TestCtlBackupRestore(t *testing.T) {
 	if h, err := raftstore.VerifyBackup(strings.NewReader(stream)); err != nil || h.LastIndex == 0 {
 		t.Fatalf("backup - wrote %d bytes that do not verify: %v", len(stream), err)
 	}
+	// "-" from a node sending damaged bytes: exit 1 with the reason, no
+	// summary; a bad header stops the download at once.
+	for name, body := range map[string]string{
+		"flipped byte": stream[:len(stream)-1] + string(stream[len(stream)-1]^1),
+		"bad header":   "not-a-backup\n" + stream,
+	} {
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, body) }))
+		out, errOut, code := ctlRun(t, map[string]string{"HOLDFAST_ADDR": srv.URL}, "backup", "-")
+		srv.Close()
+		if code != 1 || !strings.Contains(errOut, "does not verify") || regexpLine(errOut, "file", "-") {
+			t.Fatalf("backup - of a %s: exit %d, %d bytes out\n%s", name, code, len(out), errOut)
+		}
+	}
 	// Damaged: refused, exit 1.
 	b, _ := os.ReadFile(file)
 	b[len(b)-1] ^= 1

@@ -1,6 +1,7 @@
 package raftstore
 
 import (
+	"errors"
 	"io"
 	"testing"
 	"time"
@@ -67,7 +68,7 @@ func TestReplicationIsNotPipelined(t *testing.T) {
 		t.Fatalf("the bare transport does not pipeline (the wrapper hides nothing): %v", err)
 	}
 	bare.Close()
-	if p, err := (noFastPath{tr}).AppendEntriesPipeline("peer", tr.LocalAddr()); err != raft.ErrPipelineReplicationNotSupported {
+	if p, err := (noFastPath{tr}).AppendEntriesPipeline("peer", tr.LocalAddr()); !errors.Is(err, raft.ErrPipelineReplicationNotSupported) {
 		t.Fatalf("wrapped: pipeline %v, err %v; want raft.ErrPipelineReplicationNotSupported", p, err)
 	}
 }

@@ -5,9 +5,11 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"os/signal"
 	"runtime/pprof"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -58,9 +60,10 @@ func watchClockFile(ctx context.Context, path string, log *slog.Logger) func() t
 }
 
 // closeWithin runs closeFn and waits at most limit for it. hashicorp/raft's
-// Shutdown can park forever (a replication pipeline blocked on a peer that
-// stopped reading, hashicorp/raft#612): the process must still exit on
-// SIGTERM. Exiting with the store open loses nothing acknowledged: every
+// Shutdown waits for its goroutines, and one in an RPC to a peer that
+// stopped answering waits out the transport's I/O timeout (raftstore closes
+// the connections, but this is the safety net for any other hang of that
+// kind): the process must still exit on SIGTERM. Exiting with the store open loses nothing acknowledged: every
 // acknowledged write was fsynced, as after SIGKILL.
 //
 // When the limit passes, every goroutine's stack is written to stacks, so
@@ -76,5 +79,31 @@ func closeWithin(limit time.Duration, closeFn func() error, stacks io.Writer) (f
 			_ = pprof.Lookup("goroutine").WriteTo(stacks, 1)
 		}
 		return false, nil
+	}
+}
+
+// dumpStacksOnSIGUSR1 writes every goroutine's stack to w (the node's log)
+// each time the process gets SIGUSR1, and keeps running: an operator, or
+// the chaos suite, can see where a node that will not become ready or
+// will not catch up is waiting, without killing it as SIGQUIT would. The
+// returned function stops it.
+func dumpStacksOnSIGUSR1(w io.Writer, log *slog.Logger) (stop func()) {
+	ch := make(chan os.Signal, 1)
+	signal.Notify(ch, syscall.SIGUSR1)
+	done := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case <-done:
+				return
+			case <-ch:
+				log.Warn("goroutine dump (SIGUSR1) follows")
+				_ = pprof.Lookup("goroutine").WriteTo(w, 2)
+			}
+		}
+	}()
+	return func() {
+		signal.Stop(ch)
+		close(done)
 	}
 }

@@ -100,6 +100,7 @@ func serve(args []string, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "holdfast:", err)
 		return 2
 	}
+	defer dumpStacksOnSIGUSR1(stderr, log)() // from here on, even before ready
 	sec, err := secFlags.load(*httpAddr, *raftAddr, log)
 	if err != nil {
 		fmt.Fprintln(stderr, "holdfast:", err)
@@ -235,5 +236,5 @@ func serve(args []string, stderr io.Writer) int {
 // goroutines; raftstore closes the transport's connections so RPCs to a
 // peer that stopped answering end at once (chaos TermUnderBlackhole found
 // them waiting out the 10 s I/O timeout, twice). The bound is the safety
-// net for any other hang of that kind (hashicorp/raft#612).
+// net for any other hang of that kind.
 const shutdownRaftLimit = 12 * time.Second

@@ -22,8 +22,9 @@ func freeAddr(t *testing.T) string {
 }
 
 // TestServeReadyAndSIGTERM: the contract's readiness line is printed even
-// at log level warn, the node answers /v1/health, and SIGTERM shuts it down
-// cleanly (exit code 0).
+// at log level warn, the node answers /v1/health, SIGUSR1 writes a
+// goroutine dump to the log and changes nothing else, and SIGTERM shuts it
+// down cleanly (exit code 0).
 func TestServeReadyAndSIGTERM(t *testing.T) {
 	httpAddr := freeAddr(t)
 	pr, pw := io.Pipe()
@@ -33,6 +34,7 @@ func TestServeReadyAndSIGTERM(t *testing.T) {
 		pw.Close()
 	}()
 	ready := make(chan bool, 1)
+	dumped := make(chan struct{}, 1)
 	go func() {
 		sc := bufio.NewScanner(pr)
 		found := false
@@ -40,6 +42,12 @@ func TestServeReadyAndSIGTERM(t *testing.T) {
 			if !found && strings.Contains(sc.Text(), "ready") {
 				found = true
 				ready <- true
+			}
+			if strings.HasPrefix(sc.Text(), "goroutine ") && strings.Contains(sc.Text(), "[") {
+				select {
+				case dumped <- struct{}{}:
+				default:
+				}
 			}
 		}
 		if !found {
@@ -61,6 +69,20 @@ func TestServeReadyAndSIGTERM(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != 200 || resp.Header.Get("X-Holdfast-Node") != "n1" {
 		t.Fatalf("health: %d, node %q", resp.StatusCode, resp.Header.Get("X-Holdfast-Node"))
+	}
+	// SIGUSR1: a goroutine dump in the log, and the node keeps serving.
+	if err := syscall.Kill(syscall.Getpid(), syscall.SIGUSR1); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-dumped:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no goroutine dump in the log after SIGUSR1")
+	}
+	if resp, err := http.Get("http://" + httpAddr + "/v1/health"); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("health after SIGUSR1: %v %v", resp, err)
+	} else {
+		resp.Body.Close()
 	}
 	if err := syscall.Kill(syscall.Getpid(), syscall.SIGTERM); err != nil {
 		t.Fatal(err)
