@@ -60,6 +60,7 @@ func (n *logNode) NowMs() int64                          { return n.nowMs }
 func (n *logNode) IsLeader() bool                        { return true }
 func (n *logNode) Leader() (id, apiAddr string, ok bool) { return "n1", "", true }
 func (n *logNode) Status() raftstore.Status              { return raftstore.Status{ID: "n1"} }
+func (n *logNode) Consistent(read func(uint64))          { read(n.Status().AppliedIndex) }
 func (n *logNode) Err() error                            { return nil }
 func (n *logNode) proposed() ([]allocator.Kind, []allocator.Refusal) {
 	n.mu.Lock()

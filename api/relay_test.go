@@ -77,8 +77,9 @@ func (n *pointingNode) IsLeader() bool                    { return false }
 func (n *pointingNode) Leader() (id, apiAddr string, ok bool) {
 	return n.leaderID, n.leaderAddr, true
 }
-func (n *pointingNode) Status() raftstore.Status { return raftstore.Status{ID: n.id} }
-func (n *pointingNode) Err() error               { return nil }
+func (n *pointingNode) Status() raftstore.Status     { return raftstore.Status{ID: n.id} }
+func (n *pointingNode) Consistent(read func(uint64)) { read(n.Status().AppliedIndex) }
+func (n *pointingNode) Err() error                   { return nil }
 
 // TestRelayLoopStops: two nodes that each believe the other leads (a
 // moment during an election) relay a request round once; when it comes

@@ -43,6 +43,9 @@ type Node interface {
 	Leader() (id, apiAddr string, ok bool)
 	Status() raftstore.Status
 	Err() error
+	// Consistent runs read with applies paused, passing the applied index
+	// (GET /v1/cluster?state_hash=1).
+	Consistent(read func(appliedIndex uint64))
 }
 
 // Config configures a Server. Zero values take the documented defaults.

@@ -18,33 +18,17 @@ type stateHashJSON struct {
 	SHA256       string `json:"sha256"`
 }
 
-// maxStateHashTries bounds the retries of stateHash while entries apply.
-const maxStateHashTries = 20
-
-// stateHash hashes the local state between two reads of the applied index
-// and retries while they differ. Equal reads still leave a tiny window (an
-// entry applied but its index not yet published), so a reader comparing
-// replicas retries a mismatch before calling it divergence.
+// stateHash hashes the local state with the node's applies paused, so the
+// applied index and the hash belong together. (Hashing a large state takes
+// longer than the gap between entries, so reading the index before and
+// after would never settle.)
 func (s *Server) stateHash() *stateHashJSON {
-	// A node that can pause its applies gives an exact pair at once: with
-	// a large state, hashing takes longer than the gap between entries
-	// (ticks come every second), so the retries below may never settle.
-	if c, ok := s.node.(interface{ Consistent(func(uint64)) }); ok {
-		var out *stateHashJSON
-		c.Consistent(func(idx uint64) {
-			sum := s.alloc.StateHash()
-			out = &stateHashJSON{AppliedIndex: idx, SHA256: hex.EncodeToString(sum[:])}
-		})
-		return out
-	}
-	for range maxStateHashTries {
-		before := s.node.Status().AppliedIndex
+	var out *stateHashJSON
+	s.node.Consistent(func(idx uint64) {
 		sum := s.alloc.StateHash()
-		if s.node.Status().AppliedIndex == before {
-			return &stateHashJSON{AppliedIndex: before, SHA256: hex.EncodeToString(sum[:])}
-		}
-	}
-	return nil
+		out = &stateHashJSON{AppliedIndex: idx, SHA256: hex.EncodeToString(sum[:])}
+	})
+	return out
 }
 
 // wantStateHash reports whether GET /v1/cluster asked for the state hash.

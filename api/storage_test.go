@@ -28,7 +28,8 @@ func (n *failedFollower) IsLeader() bool                    { return false }
 func (n *failedFollower) Leader() (id, apiAddr string, ok bool) {
 	return "l", n.leaderAddr, true
 }
-func (n *failedFollower) Status() raftstore.Status { return raftstore.Status{ID: "f"} }
+func (n *failedFollower) Status() raftstore.Status     { return raftstore.Status{ID: "f"} }
+func (n *failedFollower) Consistent(read func(uint64)) { read(n.Status().AppliedIndex) }
 func (n *failedFollower) Err() error {
 	return errors.New("logstore: storage failed, writes refused: write: no space left on device")
 }

@@ -48,6 +48,7 @@ func (n *stuckNode) NowMs() int64                          { return 0 }
 func (n *stuckNode) IsLeader() bool                        { return true }
 func (n *stuckNode) Leader() (id, apiAddr string, ok bool) { return "stuck", "", true }
 func (n *stuckNode) Status() raftstore.Status              { return raftstore.Status{ID: "stuck"} }
+func (n *stuckNode) Consistent(read func(uint64))          { read(n.Status().AppliedIndex) }
 func (n *stuckNode) Err() error                            { return nil }
 func (n *stuckNode) callsMade() []stuckCall {
 	n.mu.Lock()

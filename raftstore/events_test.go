@@ -107,26 +107,34 @@ func (n *loggedNode) open(t *testing.T, peers []raftstore.Peer) {
 	}
 }
 
-// TestLogsOneLinePerEvent: at the default level a node logs one line when
-// it learns of a leader, when a snapshot is taken, when one is restored,
-// and nothing for ordinary writes.
-func TestLogsOneLinePerEvent(t *testing.T) {
+// openLoggedCluster opens three logged nodes as one cluster; the test's
+// cleanup closes whichever of them is open then.
+func openLoggedCluster(t *testing.T) ([]*loggedNode, []raftstore.Peer) {
+	t.Helper()
 	nodes := make([]*loggedNode, 3)
 	var peers []raftstore.Peer
 	for i := range nodes {
 		nodes[i] = &loggedNode{id: fmt.Sprintf("n%d", i+1), dir: t.TempDir(), raftAddr: freeAddr(t)}
 		peers = append(peers, raftstore.Peer{ID: nodes[i].id, Addr: nodes[i].raftAddr})
 	}
-	for _, n := range nodes {
-		n.open(t, peers)
-	}
-	defer func() {
+	t.Cleanup(func() {
 		for _, n := range nodes {
 			if n.node != nil {
 				n.node.Close()
 			}
 		}
-	}()
+	})
+	for _, n := range nodes {
+		n.open(t, peers)
+	}
+	return nodes, peers
+}
+
+// TestLogsOneLinePerEvent: at the default level a node logs one line when
+// it learns of a leader, when a snapshot is taken, when one is restored,
+// and nothing for ordinary writes.
+func TestLogsOneLinePerEvent(t *testing.T) {
+	nodes, peers := openLoggedCluster(t)
 
 	// Start: each node logs the members it found and the leader, once.
 	for _, n := range nodes {
@@ -305,16 +313,7 @@ func TestLogsExpiryBacklog(t *testing.T) {
 // change each log one info line per node (the events watcher's), not one
 // more from the operation on the node that ran it.
 func TestLogsOneLinePerOperation(t *testing.T) {
-	nodes := make([]*loggedNode, 3)
-	var peers []raftstore.Peer
-	for i := range nodes {
-		nodes[i] = &loggedNode{id: fmt.Sprintf("n%d", i+1), dir: t.TempDir(), raftAddr: freeAddr(t)}
-		peers = append(peers, raftstore.Peer{ID: nodes[i].id, Addr: nodes[i].raftAddr})
-	}
-	for _, n := range nodes {
-		n.open(t, peers)
-		defer n.node.Close()
-	}
+	nodes, _ := openLoggedCluster(t)
 	for _, n := range nodes {
 		waitLog(t, n.log, 0, "INFO", "leader elected", 10*time.Second)
 	}
